@@ -1,0 +1,279 @@
+"""The Gemma decoder (Gemma 1, 2 and 3 text) as a plain nn.Module.
+
+Two forward paths share the layers:
+- ``forward_packed``: several sequences' tokens concatenated into one [T] row (no padding); linear layers run on
+  all T tokens at once and attention runs per sequence. Used for prompt prefill (writing the KV cache) and for
+  scoring, where candidate continuations branch off a shared prompt (a tree mask, no cache).
+- ``forward_step``: one new token for each running slot, attending to the KV cache.
+Both return hidden states before the final norm; ``logits`` turns chosen rows into logits, optionally for
+chosen vocabulary rows only (the output layer is the largest matmul of small Gemmas).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gemma_ops.config import FULL, SLIDING, GemmaConfig
+from gemma_ops.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    """Gemma's RMSNorm: computed in float32, scaled by (1 + weight), cast back."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (1.0 + self.weight.float())).type_as(x)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One sequence inside a packed batch.
+
+    start/length locate its tokens in the packed row. ``branch`` (None for a plain prompt) gives, per token, 0 for
+    the shared prompt and k > 0 for the k-th candidate continuation; a branch token sees the prompt and its own
+    branch only. ``slot`` is the KV-cache slot its keys/values are written to (None: nothing is cached).
+    """
+
+    start: int
+    length: int
+    slot: int | None = None
+    branch: torch.Tensor | None = None  # [length] int
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Rope(nn.Module):
+    """cos/sin tables per layer type, float32 like transformers, cast to the activation dtype when applied."""
+
+    def __init__(self, config: GemmaConfig, max_positions: int, device: torch.device | str) -> None:
+        super().__init__()
+        dim = config.head_dim
+        positions = torch.arange(max_positions, device=device, dtype=torch.float32)
+        self.tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for layer_type in (FULL, SLIDING):
+            rope = config.rope[layer_type]
+            inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+            inv_freq = inv_freq / rope.linear_factor
+            freqs = positions[:, None] * inv_freq[None, :]  # [P, dim/2]
+            emb = torch.cat((freqs, freqs), dim=-1)  # [P, dim]
+            self.tables[layer_type] = (emb.cos(), emb.sin())
+
+    def apply(self, x: torch.Tensor, positions: torch.Tensor, layer_type: str) -> torch.Tensor:
+        """x [N, heads, dim] rotated by positions [N]."""
+        cos_table, sin_table = self.tables[layer_type]
+        cos = cos_table[positions].to(x.dtype)[:, None, :]
+        sin = sin_table[positions].to(x.dtype)[:, None, :]
+        return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GemmaConfig, layer: int) -> None:
+        super().__init__()
+        self.heads = config.num_heads
+        self.kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.layer = layer
+        self.layer_type = config.layer_types[layer]
+        self.window = config.sliding_window if self.layer_type == SLIDING else None
+        self.scaling = config.scaling
+        self.softcap = config.attn_logit_softcapping
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        self.split = (q_size, kv_size, kv_size)
+        self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
+        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
+
+    def _project(
+        self, x: torch.Tensor, positions: torch.Tensor, rope: Rope
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, D] -> q [N, H, Dh], k [N, KVH, Dh], v [N, KVH, Dh] with QK-norm and RoPE applied."""
+        n = x.shape[0]
+        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
+        q = q.view(n, self.heads, self.head_dim)
+        k = k.view(n, self.kv_heads, self.head_dim)
+        v = v.view(n, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return rope.apply(q, positions, self.layer_type), rope.apply(k, positions, self.layer_type), v
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+    ) -> torch.Tensor:
+        """q [B, KVH, G*Q, Dh] or [B, H, Q, Dh]; k, v [B, KVH, K, Dh]; mask broadcastable to [B, *, Q, K]."""
+        if self.softcap is None:
+            gqa = q.shape[1] != k.shape[1]
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=self.scaling, enable_gqa=gqa
+            )
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+        scores = torch.tanh(scores / self.softcap) * self.softcap
+        if causal and mask is None:
+            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(probs, v)
+
+    def _segment_mask(self, positions: torch.Tensor, branch: torch.Tensor | None) -> torch.Tensor | None:
+        """Boolean [n, n] mask for one packed sequence, or None when plain causal attention is exact."""
+        n = positions.shape[0]
+        needs_window = self.window is not None and n > self.window
+        if branch is None and not needs_window:
+            return None
+        q_pos, k_pos = positions[:, None], positions[None, :]
+        allowed = k_pos <= q_pos
+        if branch is not None:
+            allowed &= (branch[None, :] == 0) | (branch[None, :] == branch[:, None])
+        if self.window is not None:
+            allowed &= q_pos - k_pos < self.window
+        return allowed
+
+    def forward_packed(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        segments: list[Segment],
+        rope: Rope,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        """x [T, D] -> [T, D]."""
+        q, k, v = self._project(x, positions, rope)
+        out = torch.empty_like(q)  # [T, H, Dh]
+        for seg in segments:
+            rows = slice(seg.start, seg.start + seg.length)
+            seg_q = q[rows].transpose(0, 1).unsqueeze(0)  # [1, H, n, Dh]
+            seg_k = k[rows].transpose(0, 1).unsqueeze(0)  # [1, KVH, n, Dh]
+            seg_v = v[rows].transpose(0, 1).unsqueeze(0)
+            mask = self._segment_mask(positions[rows], seg.branch)
+            attended = self._attend(seg_q, seg_k, seg_v, mask, causal=True)  # [1, H, n, Dh]
+            out[rows] = attended[0].transpose(0, 1)
+            if cache is not None and seg.slot is not None:
+                cache.write_prompt(self.layer, seg.slot, seg_k[0], seg_v[0])
+        return self.o_proj(out.reshape(x.shape[0], -1))
+
+    def forward_step(
+        self, x: torch.Tensor, positions: torch.Tensor, rope: Rope, cache: KVCache, length: int
+    ) -> torch.Tensor:
+        """x [B, D] for running slots 0..B-1 at positions [B]; ``length`` = max(positions) + 1."""
+        batch = x.shape[0]
+        q, k, v = self._project(x, positions, rope)
+        cache.write_step(self.layer, k, v, positions)
+        keys, values = cache.view(self.layer, batch, length)  # [B, KVH, L, Dh]
+        valid = torch.arange(keys.shape[2], device=x.device)[None, :] <= positions[:, None]  # [B, L]
+        groups = self.heads // self.kv_heads
+        q = q.view(batch, self.kv_heads, groups, self.head_dim)  # head h uses kv head h // groups
+        attended = self._attend(q, keys, values, valid[:, None, None, :], causal=False)  # [B, KVH, G, Dh]
+        return self.o_proj(attended.reshape(batch, -1))
+
+
+class MLP(nn.Module):
+    """GeGLU: down(gelu_tanh(gate(x)) * up(x)), gate and up fused into one matmul."""
+
+    def __init__(self, config: GemmaConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: GemmaConfig, layer: int) -> None:
+        super().__init__()
+        eps = config.rms_norm_eps
+        self.attn = Attention(config, layer)
+        self.mlp = MLP(config)
+        self.input_norm = RMSNorm(config.hidden_size, eps)
+        self.pre_mlp_norm = RMSNorm(config.hidden_size, eps)
+        # Gemma 2/3 "sandwich" norms on the outputs of attention and the MLP.
+        self.post_attn_norm = RMSNorm(config.hidden_size, eps) if config.sandwich_norms else None
+        self.post_mlp_norm = RMSNorm(config.hidden_size, eps) if config.sandwich_norms else None
+
+    def _mlp_block(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        if self.post_attn_norm is not None:
+            attn_out = self.post_attn_norm(attn_out)
+        h = h + attn_out
+        out = self.mlp(self.pre_mlp_norm(h))
+        if self.post_mlp_norm is not None:
+            out = self.post_mlp_norm(out)
+        return h + out
+
+
+class GemmaModel(nn.Module):
+    def __init__(self, config: GemmaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = (
+            None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        )
+        self.rope: Rope | None = None
+
+    def init_rope(self, max_positions: int) -> None:
+        """Build the RoPE tables (not weights, so not in the checkpoint) on the model's device."""
+        self.rope = Rope(self.config, max_positions, self.embed.weight.device)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """[V, D]: the output layer (the embedding when tied)."""
+        return self.embed.weight if self.lm_head is None else self.lm_head.weight
+
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        return x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype, device=x.device)
+
+    @torch.inference_mode()
+    def forward_packed(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        segments: list[Segment],
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """tokens, positions [T] (sequences packed back to back) -> hidden states [T, D] before the final norm."""
+        h = self._embed(tokens)
+        for layer in self.layers:
+            attn_out = layer.attn.forward_packed(layer.input_norm(h), positions, segments, self.rope, cache)
+            h = layer._mlp_block(h, attn_out)
+        return h
+
+    @torch.inference_mode()
+    def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token for each running slot 0..B-1: tokens, positions [B] -> hidden states [B, D]."""
+        length = int(positions.max()) + 1
+        h = self._embed(tokens)
+        for layer in self.layers:
+            attn_out = layer.attn.forward_step(layer.input_norm(h), positions, self.rope, cache, length)
+            h = layer._mlp_block(h, attn_out)
+        return h
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor, vocab_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [N, D] -> logits [N, V], or [N, len(vocab_rows)] for those output rows only."""
+        weight = self.output_weight if vocab_rows is None else self.output_weight[vocab_rows]
+        logits = F.linear(self.norm(hidden), weight)
+        cap = self.config.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits

@@ -1,0 +1,85 @@
+"""Gemma tokenization: the checkpoint's tokenizer.json through transformers (or a bare SentencePiece model for
+Kaggle-style downloads), plus Gemma's turn format. Special ids are looked up by name, never typed as numbers:
+they differ between Gemma generations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+START_OF_TURN = "<start_of_turn>"
+END_OF_TURN = "<end_of_turn>"
+
+
+class GemmaTokenizer:
+    """Text <-> token ids for one checkpoint. ``encode`` adds BOS like the HF tokenizer does by default."""
+
+    def __init__(self, backend, kind: str, has_chat_template: bool) -> None:
+        self._backend = backend
+        self._kind = kind  # "hf" | "sentencepiece"
+        self.has_chat_template = has_chat_template
+        self.bos_id = self._special_id("<bos>")
+        self.eos_id = self._special_id("<eos>")
+        self.end_of_turn_id = self._special_id(END_OF_TURN, required=False)
+        self.pad_id = self._special_id("<pad>", required=False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> GemmaTokenizer:
+        path = Path(path)
+        if (path / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+            return cls(hf, "hf", has_chat_template=bool(getattr(hf, "chat_template", None)))
+        if (path / "tokenizer.model").is_file():
+            import sentencepiece
+
+            sp = sentencepiece.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+            # Kaggle-style downloads carry no chat template; instruction-tuned ones say "-it" in their config.
+            return cls(sp, "sentencepiece", has_chat_template=False)
+        raise FileNotFoundError(f"{path} has neither tokenizer.json nor tokenizer.model")
+
+    def _special_id(self, token: str, required: bool = True) -> int | None:
+        if self._kind == "hf":
+            token_id = self._backend.convert_tokens_to_ids(token)
+            unk = self._backend.unk_token_id
+            found = token_id is not None and (token_id != unk or token == "<unk>")
+        else:
+            token_id = self._backend.piece_to_id(token)
+            found = token_id != self._backend.unk_id()
+        if not found:
+            if required:
+                raise ValueError(f"tokenizer has no {token} token; is this a Gemma tokenizer?")
+            return None
+        return int(token_id)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Tokens that end a generation: EOS and, where the vocabulary has it, <end_of_turn>."""
+        return frozenset(i for i in (self.eos_id, self.end_of_turn_id) if i is not None)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._backend) if self._kind == "hf" else self._backend.get_piece_size()
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        return self.encode_batch([text], add_bos=add_bos)[0]
+
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = True) -> list[list[int]]:
+        if self._kind == "hf":
+            encoded = self._backend(list(texts), add_special_tokens=add_bos)["input_ids"]
+            return [list(ids) for ids in encoded]
+        out = self._backend.encode(list(texts))
+        return [([self.bos_id] if add_bos else []) + list(ids) for ids in out]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        if self._kind == "hf":
+            return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        if skip_special_tokens:
+            ids = [i for i in ids if not self._backend.is_control(i)]
+        return self._backend.decode(list(ids))
+
+    def chat_prompt(self, user_text: str) -> str:
+        """Gemma's turn format for one user turn, ending where the model's answer starts (BOS added by encode)."""
+        return f"{START_OF_TURN}user\n{user_text}{END_OF_TURN}\n{START_OF_TURN}model\n"
