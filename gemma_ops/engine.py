@@ -26,6 +26,7 @@ from gemma_ops.tokenizer import GemmaTokenizer
 from gemma_ops.weights import load_model
 
 Prompt = str | Sequence[int]
+_GREEDY = SamplingParams()
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class GemmaEngine:
 
     # -------------------------------------------------------------------------------------- generation
     def generate(
-        self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] = SamplingParams()
+        self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] = _GREEDY
     ) -> list[Completion]:
         """Generate a continuation for each prompt (str: tokenized with BOS; list of ints: taken as ids)."""
         if isinstance(prompts, str):
@@ -257,9 +258,7 @@ class GemmaEngine:
                 last.slot = request.slot
                 running[request.slot] = last
             text = request.text if request.text is not None else self.tokenizer.decode(request.output)
-            results[request.index] = Completion(
-                text, tuple(request.output), request.finish_reason, len(request.prompt)
-            )
+            results[request.index] = Completion(text, tuple(request.output), request.finish_reason, len(request.prompt))
 
     # ----------------------------------------------------------------------------------------- scoring
     def score(
@@ -330,7 +329,9 @@ class GemmaEngine:
             segments.append(Segment(start=start, length=length, branch=torch.tensor(branch, device=self.device)))
         with torch.inference_mode():
             hidden = self.model.forward_packed(
-                torch.tensor(tokens, device=self.device), torch.tensor(positions, device=self.device), segments
+                torch.tensor(tokens, device=self.device),
+                torch.tensor(positions, device=self.device),
+                segments,
             )
             read = torch.tensor(read_rows, device=self.device)
             target = torch.tensor(targets, device=self.device)

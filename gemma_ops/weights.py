@@ -99,9 +99,7 @@ def checkpoint_files(path: Path) -> list[Path]:
     return files
 
 
-def load_state_dict(
-    path: Path, config: GemmaConfig, multimodal: bool, dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
+def load_state_dict(path: Path, config: GemmaConfig, multimodal: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Read and map every tensor of the checkpoint; fused parts are concatenated in table order."""
     parts: dict[str, dict[int, torch.Tensor]] = {}
     unexpected: list[str] = []

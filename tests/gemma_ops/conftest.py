@@ -10,8 +10,8 @@ import torch
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
-    Gemma3TextConfig,
     Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GemmaConfig,
     GemmaForCausalLM,
 )

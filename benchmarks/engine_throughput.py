@@ -1,0 +1,297 @@
+"""Engine throughput against HF transformers `generate`, and `score` against generate-then-parse.
+
+Each system runs in its own subprocess so its peak memory is its own. Prints a table of figures; not a test.
+
+CPU (default): the embedded Gemma 3 270M, bfloat16, 2 threads, 48 prompts of 30-300 words, 32 new tokens,
+greedy; HF one prompt at a time and HF in left-padded batches of 8. Then 200 short sentiment prompts scored
+with `score` and with `generate` + parsing the first word.
+
+GPU (`--device cuda`): random bfloat16 weights in the shape of google/gemma-2b, 1000 prompts of 512 random
+tokens, 128 new tokens, against HF batched generate on the same weights.
+
+    python -m benchmarks.engine_throughput [--device cuda] [--systems engine,hf-batched]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# google/gemma-2b's config.json (its weights cannot be downloaded here; random ones have the same cost).
+GEMMA_2B_CONFIG = {
+    "architectures": ["GemmaForCausalLM"],
+    "model_type": "gemma",
+    "vocab_size": 256000,
+    "hidden_size": 2048,
+    "intermediate_size": 16384,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "pad_token_id": 0,
+    "tie_word_embeddings": True,
+}
+H100_BOUND_TOKENS_PER_S = 34_000  # issue #2: 1000 x (512 + 128) at batch 256, from 3.35 TB/s and 989 TFLOP/s
+
+
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ------------------------------------------------------------------------------------------ workloads
+def _cpu_prompts(args) -> list[str]:
+    from benchmarks.workload import passages
+
+    return passages(args.prompts, 30, 300, seed=0)
+
+
+def _gpu_prompts(args) -> list[list[int]]:
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return [
+        [2, *torch.randint(100, 250_000, (args.prompt_tokens - 1,), generator=gen).tolist()]
+        for _ in range(args.prompts)
+    ]
+
+
+def _random_gemma2b_checkpoint(folder: Path) -> Path:
+    """Save random bf16 weights in google/gemma-2b's shape (plus the embedded tokenizer) once."""
+    import shutil
+
+    import torch
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from gemma_ops import default_model_path
+
+    if (folder / "config.json").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = GemmaConfig(**{k: v for k, v in GEMMA_2B_CONFIG.items() if k not in ("architectures", "model_type")})
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = GemmaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_path() / name, folder / name)
+    return folder
+
+
+def _model_path(args) -> Path:
+    from gemma_ops import default_model_path
+
+    if args.device == "cuda":
+        return _random_gemma2b_checkpoint(Path(args.scratch) / "gemma-2b-random")
+    return default_model_path()
+
+
+# -------------------------------------------------------------------------------------------- systems
+def run_engine(args) -> dict:
+    from gemma_ops import GemmaEngine, SamplingParams
+
+    prompts = _gpu_prompts(args) if args.device == "cuda" else _cpu_prompts(args)
+    engine = GemmaEngine.from_pretrained(
+        _model_path(args),
+        device=args.device,
+        dtype=args.dtype,
+        max_slots=args.max_slots,
+        max_batch_tokens=args.max_batch_tokens,
+        max_context=args.max_context,
+    )
+    params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=args.device == "cuda")
+    engine.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
+    _sync(args.device)
+    start = time.perf_counter()
+    outs = engine.generate(prompts, params)
+    _sync(args.device)
+    wall = time.perf_counter() - start
+    return {
+        "output_tokens": sum(len(o.token_ids) for o in outs),
+        "prompt_tokens": sum(o.prompt_tokens for o in outs),
+        "wall_s": wall,
+        "tokens": [list(o.token_ids) for o in outs],
+    }
+
+
+def _hf_model(args):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _model_path(args)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
+    return model, tokenizer
+
+
+def run_hf(args, batch_size: int) -> dict:
+    import torch
+
+    model, tokenizer = _hf_model(args)
+    if args.device == "cuda":
+        prompt_ids = _gpu_prompts(args)
+        batches = [prompt_ids[i : i + batch_size] for i in range(0, len(prompt_ids), batch_size)]
+        encode = lambda batch: {  # noqa: E731 (equal-length random prompts need no padding)
+            "input_ids": torch.tensor(batch, device=args.device),
+            "attention_mask": torch.ones(len(batch), len(batch[0]), dtype=torch.long, device=args.device),
+        }
+    else:
+        prompts = _cpu_prompts(args)
+        batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+        encode = lambda batch: tokenizer(batch, return_tensors="pt", padding=True).to(args.device)  # noqa: E731
+    gen_kwargs = dict(max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    if args.device == "cuda":
+        gen_kwargs["min_new_tokens"] = args.new_tokens
+    with torch.inference_mode():
+        model.generate(**encode(batches[0][:1]), max_new_tokens=2, do_sample=False)  # warm-up
+        _sync(args.device)
+        start = time.perf_counter()
+        tokens: list[list[int]] = []
+        for batch in batches:
+            inputs = encode(batch)
+            out = model.generate(**inputs, **gen_kwargs)[:, inputs["input_ids"].shape[1] :]
+            for row in out.tolist():
+                tokens.append(_strip_after_eos(row, tokenizer))
+        _sync(args.device)
+        wall = time.perf_counter() - start
+    return {"output_tokens": sum(len(t) for t in tokens), "wall_s": wall, "tokens": tokens}
+
+
+def _strip_after_eos(row: list[int], tokenizer) -> list[int]:
+    """HF pads finished rows with pad/EOS; count tokens up to and including the first EOS."""
+    eos = tokenizer.eos_token_id
+    return row[: row.index(eos) + 1] if eos in row else row
+
+
+def run_scoring(args) -> dict:
+    from benchmarks.workload import passages, sentiment_prompt
+    from gemma_ops import GemmaEngine, SamplingParams
+
+    engine = GemmaEngine.from_pretrained(_model_path(args), device=args.device, dtype=args.dtype)
+    prompts = [sentiment_prompt(t) for t in passages(args.score_prompts, 8, 40, seed=1)]
+    labels = [" positive", " negative", " neutral"]
+    engine.score(prompts[:2], labels, restrict_vocab=True)
+    figures = {}
+    for name, kwargs in (("score_restricted", {"restrict_vocab": True}), ("score_full_vocab", {})):
+        start = time.perf_counter()
+        engine.score(prompts, labels, **kwargs)
+        figures[name] = len(prompts) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    outs = engine.generate(prompts, SamplingParams(max_new_tokens=3))
+    parsed = [o.text.strip().split(" ")[0].strip(".,").lower() for o in outs]
+    figures["generate_then_parse"] = len(prompts) / (time.perf_counter() - start)
+    figures["generate_parse_valid"] = sum(p in ("positive", "negative", "neutral") for p in parsed) / len(parsed)
+    return figures
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+SYSTEMS = {
+    "engine": run_engine,
+    "hf-single": lambda args: run_hf(args, 1),
+    "hf-batched": lambda args: run_hf(args, args.hf_batch),
+    "score": run_scoring,
+}
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    result = SYSTEMS[args.child](args)
+    result["peak_mb"] = _peak_memory_mb(args.device)
+    print("RESULT " + json.dumps(result))
+
+
+def _spawn(system: str, argv: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.engine_throughput", *argv, "--child", system]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"{system} failed:\n{proc.stderr[-3000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--systems", default="engine,hf-single,hf-batched,score")
+    parser.add_argument("--prompts", type=int, default=None, help="default: 48 (cpu) / 1000 (cuda)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="default: 32 (cpu) / 128 (cuda)")
+    parser.add_argument("--prompt-tokens", type=int, default=512, help="cuda workload prompt length")
+    parser.add_argument("--hf-batch", type=int, default=None, help="HF batch size; default 8 (cpu) / 64 (cuda)")
+    parser.add_argument("--max-slots", type=int, default=None, help="engine slots; default 64 (cpu) / 256 (cuda)")
+    parser.add_argument("--max-batch-tokens", type=int, default=None, help="default 4096 (cpu) / 16384 (cuda)")
+    parser.add_argument("--max-context", type=int, default=1024)
+    parser.add_argument("--score-prompts", type=int, default=200)
+    parser.add_argument("--scratch", default="/tmp/gemma-bench")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    gpu = args.device == "cuda"
+    args.prompts = args.prompts or (1000 if gpu else 48)
+    args.new_tokens = args.new_tokens or (128 if gpu else 32)
+    args.hf_batch = args.hf_batch or (64 if gpu else 8)
+    args.max_slots = args.max_slots or (256 if gpu else 64)
+    args.max_batch_tokens = args.max_batch_tokens or (16384 if gpu else 4096)
+    if args.child:
+        _child(args)
+        return
+
+    argv = [a for a in sys.argv[1:]]
+    print(
+        f"device={args.device} dtype={args.dtype} threads={args.threads} prompts={args.prompts} "
+        f"new_tokens={args.new_tokens} model={'random gemma-2b shape' if gpu else 'embedded gemma-3-270m'}"
+    )
+    results = {name: _spawn(name, argv) for name in args.systems.split(",")}
+    gen = {k: v for k, v in results.items() if k != "score"}
+    if gen:
+        print(f"\n{'system':<12} {'out tokens':>10} {'wall s':>8} {'tok/s':>8} {'engine x':>9} {'peak MB':>8}")
+        engine_rate = gen["engine"]["output_tokens"] / gen["engine"]["wall_s"] if "engine" in gen else None
+        for name, r in gen.items():
+            rate = r["output_tokens"] / r["wall_s"]
+            ratio = f"{engine_rate / rate:9.2f}" if engine_rate else f"{'-':>9}"
+            print(f"{name:<12} {r['output_tokens']:>10} {r['wall_s']:>8.1f} {rate:>8.1f} {ratio} {r['peak_mb']:>8.0f}")
+        if "engine" in gen and "hf-single" in gen:
+            same = sum(a == b for a, b in zip(gen["engine"]["tokens"], gen["hf-single"]["tokens"], strict=True))
+            print(
+                f"engine greedy output identical to HF one-at-a-time on {same}/{len(gen['engine']['tokens'])} prompts"
+            )
+        if gpu and engine_rate:
+            share = engine_rate / H100_BOUND_TOKENS_PER_S
+            print(f"engine at {share:.1%} of the H100 bound ({H100_BOUND_TOKENS_PER_S} tok/s)")
+    if "score" in results:
+        s = results["score"]
+        print(f"\nscoring {args.score_prompts} short sentiment prompts (prompts/s):")
+        print(f"  score, candidate rows only : {s['score_restricted']:8.1f}")
+        print(f"  score, full vocabulary     : {s['score_full_vocab']:8.1f}")
+        valid = s["generate_parse_valid"]
+        print(f"  generate 3 tokens + parse  : {s['generate_then_parse']:8.1f}  (valid labels {valid:.0%})")
+        print(f"  peak MB: {s['peak_mb']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
