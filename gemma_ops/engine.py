@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from gemma_ops.kv_cache import KVCache
-from gemma_ops.model import GemmaModel, Segment
+from gemma_ops.model import GemmaModel, PrefixKV, Segment
 from gemma_ops.outputs import Completion, ScoreResult
 from gemma_ops.sampling import SamplingParams, make_generator, sample_one
 from gemma_ops.tokenizer import GemmaTokenizer
@@ -36,6 +36,8 @@ class EngineConfig:
     max_slots: int = 64  # requests decoding at once (KV-cache slots)
     max_batch_tokens: int = 4096  # prompt tokens prefilled in one step (a longer single prompt runs alone)
     max_context: int = 4096
+    min_shared_prefix: int = 16  # score(): prompts sharing this many leading tokens compute them once
+    max_cached_prefixes: int = 4  # shared prefixes kept between calls (a pipeline repeats its template)
 
     def __post_init__(self) -> None:
         for name in ("max_slots", "max_batch_tokens", "max_context"):
@@ -101,6 +103,7 @@ class GemmaEngine:
         model.init_rope(self.max_context)
         self._stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
         self._cache: KVCache | None = None
+        self._prefixes: list[PrefixKV] = []  # most recent first
 
     @classmethod
     def from_pretrained(
@@ -282,29 +285,57 @@ class GemmaEngine:
         room = max(len(ids) for ids in cand_ids)
         rows = torch.tensor(sorted({t for ids in cand_ids for t in ids}), device=self.device)
         results: list[ScoreResult | None] = [None] * len(prompts)
-        chunk: list[tuple[int, list[int]]] = []
-        chunk_tokens = 0
-        branch_tokens = sum(len(ids) - 1 for ids in cand_ids)
+        valid: list[tuple[int, list[int]]] = []
         for index, (prompt, ids) in enumerate(zip(prompts, self._prompt_ids(prompts), strict=True)):
             error = self._prompt_error(prompt, ids, room=room)
             if error is not None:
                 results[index] = ScoreResult((), len(ids), error)
-                continue
-            size = len(ids) + branch_tokens
+            else:
+                valid.append((index, ids))
+        prefix = self._shared_prefix([ids for _, ids in valid])
+        skip = prefix.length if prefix is not None else 0
+        chunk: list[tuple[int, list[int]]] = []
+        chunk_tokens = 0
+        branch_tokens = sum(len(ids) - 1 for ids in cand_ids)
+        for index, ids in valid:
+            size = len(ids) - skip + branch_tokens
             if chunk and chunk_tokens + size > self.config.max_batch_tokens:
-                self._score_chunk(chunk, cand_ids, rows if restrict_vocab else None, results)
+                self._score_chunk(chunk, cand_ids, rows if restrict_vocab else None, prefix, results)
                 chunk, chunk_tokens = [], 0
             chunk.append((index, ids))
             chunk_tokens += size
         if chunk:
-            self._score_chunk(chunk, cand_ids, rows if restrict_vocab else None, results)
+            self._score_chunk(chunk, cand_ids, rows if restrict_vocab else None, prefix, results)
         return [r for r in results if r is not None]
+
+    def _shared_prefix(self, prompts: list[list[int]]) -> PrefixKV | None:
+        """Keys/values of the prompts' common token prefix (e.g. few-shot examples), computed once and kept.
+
+        Each prompt keeps at least its last token outside the prefix: that token's hidden state predicts the
+        candidates. A kept prefix serves later calls whose prompts all extend it.
+        """
+        for cached in self._prefixes:
+            n = cached.length
+            if prompts and all(len(p) > n and tuple(p[:n]) == cached.tokens for p in prompts):
+                return cached
+        if len(prompts) < 2:
+            return None
+        first = prompts[0]
+        length = min(len(p) for p in prompts) - 1
+        for other in prompts[1:]:
+            length = next((i for i in range(length) if other[i] != first[i]), length)
+        if length < self.config.min_shared_prefix:
+            return None
+        prefix = self.model.encode_prefix(first[:length])
+        self._prefixes = [prefix, *self._prefixes[: self.config.max_cached_prefixes - 1]]
+        return prefix
 
     def _score_chunk(
         self,
         chunk: list[tuple[int, list[int]]],
         cand_ids: list[list[int]],
         vocab_rows: torch.Tensor | None,
+        prefix: PrefixKV | None,
         results: list[ScoreResult | None],
     ) -> None:
         tokens: list[int] = []
@@ -312,21 +343,24 @@ class GemmaEngine:
         segments: list[Segment] = []
         read_rows: list[int] = []  # packed row whose hidden state predicts each target
         targets: list[int] = []  # the candidate token predicted there
-        for _, prompt in chunk:
+        skip = prefix.length if prefix is not None else 0
+        for _, full_prompt in chunk:
+            prompt = full_prompt[skip:]
             start, n = len(tokens), len(prompt)
             tokens.extend(prompt)
-            positions.extend(range(n))
+            positions.extend(range(skip, skip + n))
             branch = [0] * n
             for b, ids in enumerate(cand_ids, start=1):
                 # Branch b feeds ids[:-1] after the prompt; row of ids[j-1] (or the prompt end) predicts ids[j].
                 branch_start = len(tokens)
                 tokens.extend(ids[:-1])
-                positions.extend(range(n, n + len(ids) - 1))
+                positions.extend(range(skip + n, skip + n + len(ids) - 1))
                 branch.extend([b] * (len(ids) - 1))
                 read_rows.extend([start + n - 1] + [branch_start + j for j in range(len(ids) - 1)])
                 targets.extend(ids)
             length = len(tokens) - start
-            segments.append(Segment(start=start, length=length, branch=torch.tensor(branch, device=self.device)))
+            branch_ids = torch.tensor(branch, device=self.device)
+            segments.append(Segment(start=start, length=length, branch=branch_ids, prefix=prefix))
         with torch.inference_mode():
             hidden = self.model.forward_packed(
                 torch.tensor(tokens, device=self.device),
@@ -340,9 +374,9 @@ class GemmaEngine:
                 target = torch.searchsorted(vocab_rows, target)
             token_logprobs = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0].tolist()
         cursor = 0
-        for index, prompt in chunk:
+        for index, full_prompt in chunk:
             per_candidate = []
             for ids in cand_ids:
                 per_candidate.append(sum(token_logprobs[cursor : cursor + len(ids)]))
                 cursor += len(ids)
-            results[index] = ScoreResult(tuple(per_candidate), len(prompt))
+            results[index] = ScoreResult(tuple(per_candidate), len(full_prompt))

@@ -36,18 +36,34 @@ class RMSNorm(nn.Module):
 
 
 @dataclass(frozen=True)
+class PrefixKV:
+    """Keys/values of a token prefix shared by several sequences, per layer: [kv_heads, P, head_dim] each."""
+
+    tokens: tuple[int, ...]
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(frozen=True)
 class Segment:
     """One sequence inside a packed batch.
 
     start/length locate its tokens in the packed row. ``branch`` (None for a plain prompt) gives, per token, 0 for
     the shared prompt and k > 0 for the k-th candidate continuation; a branch token sees the prompt and its own
     branch only. ``slot`` is the KV-cache slot its keys/values are written to (None: nothing is cached).
+    ``prefix``: the sequence continues a shared prefix (its positions start at prefix.length) whose keys and
+    values were computed once.
     """
 
     start: int
     length: int
     slot: int | None = None
     branch: torch.Tensor | None = None  # [length] int
+    prefix: PrefixKV | None = None
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -131,18 +147,22 @@ class Attention(nn.Module):
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, v)
 
-    def _segment_mask(self, positions: torch.Tensor, branch: torch.Tensor | None) -> torch.Tensor | None:
-        """Boolean [n, n] mask for one packed sequence, or None when plain causal attention is exact."""
-        n = positions.shape[0]
-        needs_window = self.window is not None and n > self.window
-        if branch is None and not needs_window:
+    def _segment_mask(
+        self,
+        q_pos: torch.Tensor,
+        k_pos: torch.Tensor,
+        q_branch: torch.Tensor | None,
+        k_branch: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """Boolean [n_q, n_k] mask for one packed sequence, or None when plain causal attention is exact."""
+        plain = q_branch is None and q_pos.shape[0] == k_pos.shape[0]
+        if plain and (self.window is None or k_pos.shape[0] <= self.window):
             return None
-        q_pos, k_pos = positions[:, None], positions[None, :]
-        allowed = k_pos <= q_pos
-        if branch is not None:
-            allowed &= (branch[None, :] == 0) | (branch[None, :] == branch[:, None])
+        allowed = k_pos[None, :] <= q_pos[:, None]
+        if q_branch is not None:
+            allowed &= (k_branch[None, :] == 0) | (k_branch[None, :] == q_branch[:, None])
         if self.window is not None:
-            allowed &= q_pos - k_pos < self.window
+            allowed &= q_pos[:, None] - k_pos[None, :] < self.window
         return allowed
 
     def forward_packed(
@@ -152,20 +172,32 @@ class Attention(nn.Module):
         segments: list[Segment],
         rope: Rope,
         cache: KVCache | None,
+        capture: list[tuple[torch.Tensor, torch.Tensor]] | None,
     ) -> torch.Tensor:
-        """x [T, D] -> [T, D]."""
+        """x [T, D] -> [T, D]. ``capture`` collects this layer's k, v [KVH, T, Dh] (a single-sequence pass)."""
         q, k, v = self._project(x, positions, rope)
+        if capture is not None:
+            capture.append((k.transpose(0, 1), v.transpose(0, 1)))
         out = torch.empty_like(q)  # [T, H, Dh]
         for seg in segments:
             rows = slice(seg.start, seg.start + seg.length)
-            seg_q = q[rows].transpose(0, 1).unsqueeze(0)  # [1, H, n, Dh]
-            seg_k = k[rows].transpose(0, 1).unsqueeze(0)  # [1, KVH, n, Dh]
-            seg_v = v[rows].transpose(0, 1).unsqueeze(0)
-            mask = self._segment_mask(positions[rows], seg.branch)
-            attended = self._attend(seg_q, seg_k, seg_v, mask, causal=True)  # [1, H, n, Dh]
-            out[rows] = attended[0].transpose(0, 1)
+            seg_k, seg_v = k[rows].transpose(0, 1), v[rows].transpose(0, 1)  # [KVH, n, Dh]
+            q_pos = k_pos = positions[rows]
+            q_branch = k_branch = seg.branch
             if cache is not None and seg.slot is not None:
-                cache.write_prompt(self.layer, seg.slot, seg_k[0], seg_v[0])
+                cache.write_prompt(self.layer, seg.slot, seg_k, seg_v)
+            if seg.prefix is not None:
+                prefix = seg.prefix
+                seg_k = torch.cat((prefix.keys[self.layer], seg_k), dim=1)
+                seg_v = torch.cat((prefix.values[self.layer], seg_v), dim=1)
+                k_pos = torch.cat((torch.arange(prefix.length, device=x.device), q_pos))
+                if q_branch is None:
+                    q_branch = torch.zeros_like(q_pos)
+                k_branch = torch.cat((torch.zeros(prefix.length, dtype=q_branch.dtype, device=x.device), q_branch))
+            mask = self._segment_mask(q_pos, k_pos, q_branch, k_branch)
+            seg_q = q[rows].transpose(0, 1).unsqueeze(0)  # [1, H, n, Dh]
+            attended = self._attend(seg_q, seg_k.unsqueeze(0), seg_v.unsqueeze(0), mask, causal=True)
+            out[rows] = attended[0].transpose(0, 1)
         return self.o_proj(out.reshape(x.shape[0], -1))
 
     def forward_step(
@@ -250,13 +282,25 @@ class GemmaModel(nn.Module):
         positions: torch.Tensor,
         segments: list[Segment],
         cache: KVCache | None = None,
+        capture: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """tokens, positions [T] (sequences packed back to back) -> hidden states [T, D] before the final norm."""
         h = self._embed(tokens)
         for layer in self.layers:
-            attn_out = layer.attn.forward_packed(layer.input_norm(h), positions, segments, self.rope, cache)
+            attn_out = layer.attn.forward_packed(layer.input_norm(h), positions, segments, self.rope, cache, capture)
             h = layer._mlp_block(h, attn_out)
         return h
+
+    @torch.inference_mode()
+    def encode_prefix(self, tokens: list[int]) -> PrefixKV:
+        """Keys and values of every layer for a shared prefix, computed once for many sequences."""
+        captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+        device = self.embed.weight.device
+        n = len(tokens)
+        self.forward_packed(
+            torch.tensor(tokens, device=device), torch.arange(n, device=device), [Segment(0, n)], capture=captured
+        )
+        return PrefixKV(tuple(tokens), tuple(k.clone() for k, _ in captured), tuple(v.clone() for _, v in captured))
 
     @torch.inference_mode()
     def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:

@@ -155,3 +155,23 @@ def test_generation_stops_at_context_end_and_stop_strings(engine):
     cut = engine.generate([_ids(61, 4)], SamplingParams(max_new_tokens=12, ignore_eos=True, stop=(stop,)))[0]
     assert cut.finish_reason == "stop"
     assert cut.text == free.text[: free.text.find(stop)]
+
+
+def test_score_with_a_shared_prefix_equals_full_forward(engine):
+    """Prompts sharing a long few-shot prefix (longer than the sliding window) compute it once; same values."""
+    shared = _ids(70, 3 * WINDOW)
+    prompts = [shared + _ids(71 + i, 2 + i)[1:] for i in range(3)]
+    candidates = [" yes", " no way"]
+    engine._prefixes.clear()
+    scores = engine.score(prompts, candidates)
+    assert [p.length for p in engine._prefixes] == [len(shared)]  # the prefix was shared (and kept)
+    cand_ids = [engine.tokenizer.encode(c, add_bos=False) for c in candidates]
+    for prompt, row in zip(prompts, scores, strict=True):
+        for j, cand in enumerate(cand_ids):
+            full = _full_logits(engine, prompt + cand).double()
+            steps = range(len(prompt) - 1, len(prompt) + len(cand) - 1)
+            expected = sum(torch.log_softmax(full[s], -1)[t] for s, t in zip(steps, cand, strict=True))
+            assert row[j] == pytest.approx(float(expected), abs=1e-4)
+    # A later call with one prompt extending the kept prefix reuses it and still gets the same numbers.
+    again = engine.score([prompts[1]], candidates)[0]
+    assert again.logprobs == pytest.approx(scores[1].logprobs, abs=1e-5)
