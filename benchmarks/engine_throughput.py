@@ -194,9 +194,10 @@ def run_scoring(args) -> dict:
         figures[name] = len(prompts) / (time.perf_counter() - start)
     start = time.perf_counter()
     outs = engine.generate(prompts, SamplingParams(max_new_tokens=3))
-    parsed = [o.text.strip().split(" ")[0].strip(".,").lower() for o in outs]
+    words = ("positive", "negative", "neutral")
+    parsed = [next((w for w in o.text.lower().split() if w.strip(".,!") in words), None) for o in outs]
     figures["generate_then_parse"] = len(prompts) / (time.perf_counter() - start)
-    figures["generate_parse_valid"] = sum(p in ("positive", "negative", "neutral") for p in parsed) / len(parsed)
+    figures["generate_parse_valid"] = sum(p is not None for p in parsed) / len(parsed)
     return figures
 
 
