@@ -41,5 +41,9 @@ format: setup
 bench: setup
 	$(PY) -m benchmarks.engine_throughput
 
+.PHONY: bench-pipeline
+bench-pipeline: setup
+	$(PY) -m benchmarks.pipeline_throughput --records 500
+
 clean:
 	rm -rf $(VENV) out .pytest_cache

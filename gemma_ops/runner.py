@@ -1,0 +1,190 @@
+"""EngineRunner: the object a loaded model is. It owns the engine and turns requests into engine calls.
+
+It resolves the prompt style (turn format for instruction-tuned checkpoints), tokenizes, cuts an overlong
+document (never the instructions) to fit the context, scores label priors once and caches them, and returns
+one response per request in order. Beam-free; a Beam proxy talks to it through its methods only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from gemma_ops.batch_requests import (
+    GenerateRequest,
+    GenerateResponse,
+    Overflow,
+    PromptStyle,
+    PromptTemplate,
+    PromptTooLong,
+    Request,
+    Response,
+    RunnerInfo,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+_CHAT_SLOT = "\x00GEMMA-BEAM-DOCUMENT\x00"
+
+
+class EngineRunner:
+    """What ``load_model`` returns: the engine plus request handling; one engine call at a time."""
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        prompt_style: PromptStyle = "auto",
+        max_prompt_tokens: int | None = None,
+        overflow: Overflow = "truncate",
+        load_seconds: float = 0.0,
+    ) -> None:
+        if prompt_style not in ("auto", "completion", "chat"):
+            raise ValueError(f"prompt_style must be auto, completion or chat, got {prompt_style!r}")
+        if overflow not in ("truncate", "error"):
+            raise ValueError(f"overflow must be 'truncate' or 'error', got {overflow!r}")
+        self._engine = engine
+        self._model_name = str(engine.model_name)
+        self._tokenizer = engine.tokenizer
+        if prompt_style == "auto":
+            prompt_style = "chat" if self._tokenizer.has_chat_template else "completion"
+        self._style = prompt_style
+        self._max_prompt_tokens = max_prompt_tokens
+        self._overflow = overflow
+        self._load_seconds = load_seconds
+        self._lock = threading.Lock()
+        self._priors: dict[tuple, tuple[float, ...]] = {}
+
+    def info(self) -> RunnerInfo:
+        return RunnerInfo(self._model_name, self._engine.max_context, self._style, self._load_seconds)
+
+    def run(self, requests: Sequence[Request]) -> list[Response]:
+        """One response per request, in order; a bad request gets a response with ``error`` set."""
+        with self._lock:
+            responses: list[Response | None] = [None] * len(requests)
+            score_groups: dict[tuple[str, ...], list[int]] = {}
+            generate_ids: list[int] = []
+            encoded: dict[int, tuple[list[int], bool]] = {}
+            for i, request in enumerate(requests):
+                try:
+                    candidates = self.candidates(request) if isinstance(request, ScoreRequest) else ()
+                    encoded[i] = self._encode(request.document, request.template, self._reserve(request))
+                except ValueError as err:
+                    responses[i] = self._error(request, str(err))
+                    continue
+                if isinstance(request, ScoreRequest):
+                    score_groups.setdefault(candidates, []).append(i)
+                else:
+                    generate_ids.append(i)
+            for candidates, indices in score_groups.items():
+                results = self._engine.score([encoded[i][0] for i in indices], list(candidates), restrict_vocab=True)
+                for i, result in zip(indices, results, strict=True):
+                    responses[i] = self._score_response(requests[i], result, encoded[i][1])
+            if generate_ids:
+                completions = self._engine.generate(
+                    [encoded[i][0] for i in generate_ids], [requests[i].params for i in generate_ids]
+                )
+                for i, completion in zip(generate_ids, completions, strict=True):
+                    responses[i] = GenerateResponse(
+                        text=completion.text,
+                        finish_reason=completion.finish_reason,
+                        prompt_tokens=completion.prompt_tokens,
+                        output_tokens=len(completion.token_ids),
+                        truncated=encoded[i][1],
+                        style=self._style,
+                        model=self._model_name,
+                        error=completion.error,
+                    )
+            missing = [i for i, r in enumerate(responses) if r is None]
+            if missing:
+                raise RuntimeError(f"internal error: no response for requests {missing}")
+            return responses  # type: ignore[return-value]
+
+    # -- helpers
+
+    # Scores are only compared among the labels, so the engine computes the output layer for the labels'
+    # tokens alone (restrict_vocab): the same choice, a fraction of the cost of the full vocabulary.
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        """The token ids ``run`` would send the engine for this request (benchmarks use the same prompts)."""
+        return self._encode(request.document, request.template, self._reserve(request))[0]
+
+    def _reserve(self, request: Request) -> int:
+        """Context tokens a request needs after its prompt: its output budget, or its longest label."""
+        if isinstance(request, GenerateRequest):
+            return request.params.max_new_tokens
+        return max(len(self._tokenizer.encode(c, add_bos=False)) for c in self.candidates(request))
+
+    def candidates(self, request: ScoreRequest) -> tuple[str, ...]:
+        """The strings scored for a request's labels in the resolved prompt style."""
+        prefix = request.template.spec(self._style).candidate_prefix
+        return tuple(prefix + word for word in (request.words or request.labels))
+
+    def _parts(self, template: PromptTemplate) -> tuple[str, str]:
+        spec = template.spec(self._style)
+        if self._style != "chat":
+            return spec.prefix, spec.suffix
+        wrapped = self._tokenizer.chat_prompt(spec.prefix + _CHAT_SLOT + spec.suffix)
+        before, slot, after = wrapped.partition(_CHAT_SLOT)
+        if not slot:
+            raise ValueError("the tokenizer's chat_prompt dropped the document; cannot build a chat prompt")
+        return before, after
+
+    def _encode(self, document: str, template: PromptTemplate, reserve: int) -> tuple[list[int], bool]:
+        """Token ids of the full prompt, cutting the document (never the instructions) when it is too long."""
+        prefix, suffix = self._parts(template)
+        limit = self._engine.max_context - reserve
+        if self._max_prompt_tokens is not None:
+            limit = min(limit, self._max_prompt_tokens)
+        ids = self._tokenizer.encode(prefix + document + suffix)
+        if len(ids) <= limit:
+            return ids, False
+        if self._overflow == "error":
+            raise PromptTooLong(
+                f"prompt has {len(ids)} tokens, over the limit of {limit} "
+                f"(context {self._engine.max_context} "
+                f"minus {reserve} reserved for the output, or --max_prompt_tokens); "
+                "shorten the record or allow truncation"
+            )
+        head = self._tokenizer.encode(prefix)
+        tail = self._tokenizer.encode(suffix, add_bos=False)
+        room = limit - len(head) - len(tail)
+        if room <= 0:
+            raise PromptTooLong(
+                f"the prompt template alone needs {len(head) + len(tail)} tokens but only {limit} fit; "
+                "lower --max_new_tokens or raise --max_prompt_tokens"
+            )
+        body = self._tokenizer.encode(document, add_bos=False)[:room]
+        return head + body + tail, True
+
+    def _prior(self, request: ScoreRequest) -> tuple[float, ...] | None:
+        if not request.calibration_documents:
+            return None
+        key = (request.template, self.candidates(request), request.calibration_documents, self._style)
+        if key not in self._priors:
+            candidates = list(self.candidates(request))
+            prompts = [self._encode(d, request.template, 0)[0] for d in request.calibration_documents]
+            rows = self._engine.score(prompts, candidates, restrict_vocab=True)
+            for row in rows:
+                if row.error:
+                    raise RuntimeError(f"scoring the content-free calibration prompt failed: {row.error}")
+            self._priors[key] = tuple(sum(row.logprobs[j] for row in rows) / len(rows) for j in range(len(candidates)))
+        return self._priors[key]
+
+    def _score_response(self, request: ScoreRequest, result: Any, truncated: bool) -> ScoreResponse:
+        if result.error:
+            return ScoreResponse((), None, result.prompt_tokens, truncated, self._style, self._model_name, result.error)
+        return ScoreResponse(
+            logprobs=tuple(float(x) for x in result.logprobs),
+            prior=self._prior(request),
+            prompt_tokens=result.prompt_tokens,
+            truncated=truncated,
+            style=self._style,
+            model=self._model_name,
+        )
+
+    def _error(self, request: Request, message: str) -> Response:
+        if isinstance(request, ScoreRequest):
+            return ScoreResponse((), None, 0, False, self._style, self._model_name, message)
+        return GenerateResponse("", "error", 0, 0, False, self._style, self._model_name, message)

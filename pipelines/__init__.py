@@ -1,0 +1,1 @@
+"""The Beam pipeline: options, IO, the builder and the ``python -m pipelines.batch_inference`` entry point."""

@@ -1,0 +1,247 @@
+"""Reading records (JSONL, Parquet; local, gs://, globs) and writing results and dead letters.
+
+Every input line or row ends up as a Record or a DeadLetter that says why; blank lines are not records.
+Lines are read as bytes so that invalid UTF-8 is a dead letter, not a crashed job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.base import ERRORS_TAG, DeadLetter, Record, preview, strip_control_chars
+
+METRICS_NAMESPACE = "gemma_pipeline"
+PARQUET_BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class RecordSpec:
+    """How to turn an input object into a Record."""
+
+    text_field: str = "text"
+    id_field: str = "id"
+    max_record_bytes: int = 1_000_000
+
+
+def stable_id(obj: dict[str, Any]) -> str:
+    """A content hash for records without an id: the same record gets the same id in every run."""
+    canonical = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def to_record(obj: Any, spec: RecordSpec, source: str) -> Record:
+    """Validate one decoded object; ValueError says what is wrong with it."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    raw_id = obj.get(spec.id_field)
+    if isinstance(raw_id, (dict, list)):
+        raise ValueError(f"id field {spec.id_field!r} must be a string or number, got {type(raw_id).__name__}")
+    record_id = str(raw_id) if raw_id is not None and str(raw_id) != "" else stable_id(obj)
+    if spec.text_field not in obj:
+        raise ValueError(
+            f"missing text field {spec.text_field!r} (fields: {sorted(obj)[:10]}); pass --text_field to pick one"
+        )
+    text = obj[spec.text_field]
+    if not isinstance(text, str):
+        raise ValueError(f"text field {spec.text_field!r} must be a string, got {type(text).__name__}")
+    text = strip_control_chars(text).strip()
+    if not text:
+        raise ValueError(f"text field {spec.text_field!r} is empty")
+    extra = {k: v for k, v in obj.items() if k not in (spec.text_field, spec.id_field)}
+    return Record(id=record_id, text=text, extra=extra, source=preview(source))
+
+
+def parse_line(raw: bytes, spec: RecordSpec) -> Record | DeadLetter | None:
+    """One JSONL line -> a Record, a DeadLetter (stage "read" or "validate"), or None for a blank line."""
+    if len(raw) > spec.max_record_bytes:
+        return DeadLetter(
+            None,
+            "read",
+            f"line is {len(raw)} bytes, over --max_record_bytes={spec.max_record_bytes}",
+            preview(raw[:4096].decode("utf-8", errors="replace")),
+        )
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return DeadLetter(
+            None, "read", f"invalid UTF-8 at byte {err.start}", preview(raw.decode("utf-8", errors="replace"))
+        )
+    line = line.lstrip("\ufeff").strip()
+    if not line:
+        return None
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        return DeadLetter(None, "read", f"malformed JSON: {err}", preview(line))
+    try:
+        return to_record(obj, spec, line)
+    except ValueError as err:
+        known_id = obj.get(spec.id_field) if isinstance(obj, dict) else None
+        ok_id = str(known_id) if isinstance(known_id, (str, int, float)) else None
+        return DeadLetter(ok_id, "validate", str(err), preview(line))
+
+
+class _ParseLines(beam.DoFn):
+    def __init__(self, spec: RecordSpec) -> None:
+        self._spec = spec
+        self._lines = Metrics.counter(METRICS_NAMESPACE, "input_lines")
+
+    def process(self, raw: bytes):
+        parsed = parse_line(raw, self._spec)
+        if parsed is None:
+            return
+        self._lines.inc()
+        if isinstance(parsed, DeadLetter):
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, parsed)
+        else:
+            yield parsed
+
+
+class _ReadParquetFile(beam.DoFn):
+    """One Parquet file -> Records; an unreadable file (bad footer, wrong schema) is one dead letter."""
+
+    def __init__(self, spec: RecordSpec) -> None:
+        self._spec = spec
+        self._lines = Metrics.counter(METRICS_NAMESPACE, "input_lines")
+
+    def process(self, readable: fileio.ReadableFile):
+        import pyarrow.parquet as pq
+
+        path = readable.metadata.path
+        try:
+            with readable.open() as handle:
+                parquet = pq.ParquetFile(handle)
+                if self._spec.text_field not in parquet.schema_arrow.names:
+                    raise ValueError(
+                        f"no column {self._spec.text_field!r} (columns: {parquet.schema_arrow.names[:10]}); "
+                        "pass --text_field to pick one"
+                    )
+                for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                    for row in batch.to_pylist():
+                        self._lines.inc()
+                        yield from self._row(row, path)
+        except (
+            OSError,
+            ValueError,
+        ) as err:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
+            self._lines.inc()
+            yield beam.pvalue.TaggedOutput(
+                ERRORS_TAG, DeadLetter(None, "read", f"cannot read Parquet file: {err}", path)
+            )
+
+    def _row(self, row: dict[str, Any], path: str):
+        source = json.dumps(row, ensure_ascii=False, default=str)
+        try:
+            yield to_record(row, self._spec, source)
+        except ValueError as err:
+            raw_id = row.get(self._spec.id_field)
+            known = str(raw_id) if isinstance(raw_id, (str, int, float)) else None
+            yield beam.pvalue.TaggedOutput(
+                ERRORS_TAG, DeadLetter(known, "validate", f"{err} (in {path})", preview(source))
+            )
+
+
+def detect_format(pattern: str, declared: str = "auto") -> str:
+    if declared != "auto":
+        return declared
+    return "parquet" if pattern.rstrip("*").endswith((".parquet", ".parq", ".pq")) else "jsonl"
+
+
+class ReadRecords(beam.PTransform):
+    """A file pattern -> (records, dead letters)."""
+
+    def __init__(self, pattern: str, spec: RecordSpec, input_format: str = "auto") -> None:
+        super().__init__()
+        self._pattern = pattern
+        self._spec = spec
+        self._format = detect_format(pattern, input_format)
+
+    def expand(self, pbegin):
+        if self._format == "parquet":
+            parsed = (
+                pbegin
+                | "MatchParquet" >> fileio.MatchFiles(self._pattern)
+                | "OpenParquet" >> fileio.ReadMatches()
+                | "ReadParquet" >> beam.ParDo(_ReadParquetFile(self._spec)).with_outputs(ERRORS_TAG, main="records")
+            )
+        else:
+            parsed = (
+                pbegin
+                | "ReadLines" >> beam.io.ReadFromText(self._pattern, coder=beam.coders.BytesCoder())
+                | "ParseLines" >> beam.ParDo(_ParseLines(self._spec)).with_outputs(ERRORS_TAG, main="records")
+            )
+        # Spread records over workers: a few large files would otherwise pin inference to a few bundles.
+        records = parsed.records | "Spread" >> beam.Reshuffle()
+        return records, parsed[ERRORS_TAG]
+
+
+def output_prefix(output: str, name: str) -> str:
+    return FileSystems.join(output.rstrip("/") or output, name)
+
+
+def _to_json(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, default=str)
+
+
+def _result_to_json(row: dict[str, Any]) -> str:
+    """A result row as JSON; the pass-through fields go back to being an object (Parquet keeps a string)."""
+    return _to_json({**row, "extra": json.loads(row["extra"])})
+
+
+class WriteResults(beam.PTransform):
+    """Typed rows -> results-*.parquet (declared schema) or results-*.jsonl under ``output``."""
+
+    def __init__(self, output: str, schema, output_format: str = "parquet", num_shards: int = 0) -> None:
+        super().__init__()
+        self._prefix = output_prefix(output, "results")
+        self._schema = schema
+        self._format = output_format
+        self._num_shards = num_shards
+
+    def expand(self, rows):
+        if self._format == "parquet":
+            return rows | "WriteParquet" >> beam.io.WriteToParquet(
+                self._prefix, self._schema, num_shards=self._num_shards, file_name_suffix=".parquet"
+            )
+        if self._format == "jsonl":
+            return (
+                rows
+                | "RowsToJson" >> beam.Map(_result_to_json)
+                | "WriteJsonl"
+                >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl", num_shards=self._num_shards)
+            )
+        raise ValueError(f"unknown output format {self._format!r} (expected parquet or jsonl)")
+
+
+class WriteErrors(beam.PTransform):
+    """Dead letters -> errors-*.jsonl under ``output`` (one empty file when there are none)."""
+
+    def __init__(self, output: str, num_shards: int = 0) -> None:
+        super().__init__()
+        self._prefix = output_prefix(output, "errors")
+        self._num_shards = num_shards
+
+    def expand(self, letters):
+        return (
+            letters
+            | "CountErrors" >> beam.Map(_count_error)
+            | "ErrorsToJson" >> beam.Map(lambda letter: _to_json(letter.to_dict()))
+            | "WriteErrors" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl", num_shards=self._num_shards)
+        )
+
+
+_ERRORS = Metrics.counter(METRICS_NAMESPACE, "errors")
+
+
+def _count_error(letter: DeadLetter) -> DeadLetter:
+    Metrics.counter(METRICS_NAMESPACE, f"errors_{letter.stage}").inc()
+    _ERRORS.inc()
+    return letter

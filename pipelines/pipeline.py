@@ -1,0 +1,74 @@
+"""The pipeline builder: read -> task (request, RunInference, parse) -> write results and dead letters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import ModelHandler
+
+from gemma_ops.handler import GemmaModelHandler
+from pipelines.io import ReadRecords, RecordSpec, WriteErrors, WriteResults, output_prefix
+from pipelines.options import JobConfig
+from pipelines.progress import ReportProgress
+from transforms.base import InferTask, Task
+from transforms.classify import ClassifyTask
+from transforms.sentiment import SentimentTask
+from transforms.summarize import SummarizeTask
+
+
+def make_task(config: JobConfig) -> Task:
+    if config.task == "sentiment":
+        return SentimentTask(calibrate=config.calibrate)
+    if config.task == "classify":
+        return ClassifyTask(config.labels, calibrate=config.calibrate)
+    if config.task == "summarize":
+        return SummarizeTask(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
+    raise ValueError(f"unknown task {config.task!r} (expected sentiment, classify or summarize)")
+
+
+def make_handler(config: JobConfig) -> GemmaModelHandler:
+    return GemmaModelHandler(
+        model=config.model,
+        device=config.device,
+        dtype=config.dtype,
+        engine_max_batch_tokens=config.engine_max_batch_tokens,
+        prompt_style=config.prompt_style,  # type: ignore[arg-type]
+        max_prompt_tokens=config.max_prompt_tokens,
+        overflow=config.on_overflow,  # type: ignore[arg-type]
+        batch_max_tokens=config.batch_max_tokens,
+        model_copies=config.model_copies or None,
+    )
+
+
+@dataclass(frozen=True)
+class JobOutputs:
+    """The pipeline's main PCollections (tests assert on them) and where the files go."""
+
+    records: beam.PCollection
+    rows: beam.PCollection
+    errors: beam.PCollection
+    results_prefix: str
+    errors_prefix: str
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline, config: JobConfig, handler: ModelHandler | None = None, progress: bool = True
+) -> JobOutputs:
+    """Add the whole job to ``pipeline``; ``handler`` replaces the Gemma handler (tests use a fake one)."""
+    task = make_task(config)
+    spec = RecordSpec(config.text_field, config.id_field, config.max_record_bytes)
+    records, read_errors = pipeline | "Read" >> ReadRecords(config.input, spec, config.input_format)
+    rows, task_errors = records | "Infer" >> InferTask(task, handler or make_handler(config), config.run_id)
+    if progress:
+        rows = rows | "Progress" >> beam.ParDo(ReportProgress())
+    errors = (read_errors, task_errors) | "AllErrors" >> beam.Flatten()
+    _ = rows | "WriteResults" >> WriteResults(config.output, task.schema(), config.output_format, config.num_shards)
+    _ = errors | "WriteErrors" >> WriteErrors(config.output, config.num_shards)
+    return JobOutputs(
+        records=records,
+        rows=rows,
+        errors=errors,
+        results_prefix=output_prefix(config.output, "results"),
+        errors_prefix=output_prefix(config.output, "errors"),
+    )

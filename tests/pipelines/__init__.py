@@ -1,0 +1,1 @@
+"""Tests of the pipeline: IO, options, the builder, end-to-end runs."""

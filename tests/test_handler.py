@@ -1,0 +1,220 @@
+"""GemmaModelHandler and EngineRunner: request handling with a fake engine, and RunInference with the
+real engine on a tiny random Gemma 3 checkpoint."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from gemma_ops import handler as handler_module
+from gemma_ops.batch_requests import (
+    GenerateRequest,
+    GenerateResponse,
+    PromptSpec,
+    PromptTemplate,
+    ScoreRequest,
+    ScoreResponse,
+    estimate_tokens,
+)
+from gemma_ops.handler import GemmaModelHandler, pick_gpu
+from gemma_ops.runner import EngineRunner
+from gemma_ops.sampling import SamplingParams
+from tests.transforms.fakes import FakeEngine, fake_engine_factory, fake_resolver
+
+RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+TEMPLATE = PromptTemplate(
+    completion=PromptSpec(prefix='Review: """', suffix='"""\nSentiment:', candidate_prefix=" "),
+    chat=PromptSpec(prefix='Rate: """', suffix='"""'),
+)
+LABELS = ("positive", "negative", "neutral")
+
+
+def test_runner_scores_in_order_and_isolates_a_bad_request():
+    runner = EngineRunner(FakeEngine(), prompt_style="completion")
+    requests = [
+        ScoreRequest("great great", TEMPLATE, LABELS),
+        ScoreRequest("POISON", TEMPLATE, LABELS),
+        ScoreRequest("awful refund", TEMPLATE, LABELS),
+    ]
+    out = runner.run(requests)
+    assert [type(r) for r in out] == [ScoreResponse] * 3
+    assert out[0].logprobs == (-3.0, -5.0, -5.0)
+    assert out[1].error == "fake engine refused this prompt" and out[1].logprobs == ()
+    assert out[2].logprobs == (-5.0, -3.0, -5.0)
+    assert out[0].prompt_tokens == 1 + len('Review: """great great"""\nSentiment:')
+    assert out[0].model == "fake-gemma" and out[0].style == "completion" and out[0].prior is None
+
+
+def test_runner_prior_is_mean_over_calibration_documents_and_cached():
+    engine = FakeEngine()
+    runner = EngineRunner(engine, prompt_style="completion")
+    request = ScoreRequest("love it", TEMPLATE, LABELS, calibration_documents=("N/A", "hours great"))
+    first = runner.run([request])[0]
+    # "N/A" scores (-5,-5,-5); "hours great" scores (-4,-5,-4): the prior is their mean.
+    assert first.prior == (-4.5, -5.0, -4.5)
+    runner.run([request])
+    assert engine.score_calls == [1, 2, 1]  # the prior was scored once
+
+
+def test_runner_truncates_the_document_not_the_instructions():
+    engine = FakeEngine(max_context=60)
+    runner = EngineRunner(engine, prompt_style="completion")
+    params = SamplingParams(max_new_tokens=10)
+    long_doc = "word " * 100
+    out = runner.run([GenerateRequest(long_doc, TEMPLATE, params), GenerateRequest("short", TEMPLATE, params)])
+    assert out[0].truncated is True and out[1].truncated is False
+    # BOS + prefix + as much document as fits + suffix == context - max_new_tokens
+    assert out[0].prompt_tokens == 60 - 10
+    assert out[0].finish_reason == "stop" and out[0].text.startswith(" Summary: ")
+
+
+def test_runner_overflow_error_policy_and_max_prompt_tokens():
+    runner = EngineRunner(FakeEngine(), prompt_style="completion", max_prompt_tokens=40, overflow="error")
+    out = runner.run([ScoreRequest("x" * 100, TEMPLATE, LABELS), ScoreRequest("great", TEMPLATE, LABELS)])
+    assert out[0].error is not None and "over the limit of 40" in out[0].error
+    assert out[1].error is None and out[1].logprobs[0] == -4.0
+
+
+def test_runner_chat_style_wraps_in_turns_and_drops_candidate_prefix():
+    engine = FakeEngine(chat=True)
+    runner = EngineRunner(engine, prompt_style="auto")
+    assert runner.info().style == "chat"
+    out = runner.run([ScoreRequest("great", TEMPLATE, LABELS)])[0]
+    expected = '<start_of_turn>user\nRate: """great"""<end_of_turn>\n<start_of_turn>model\n'
+    assert out.prompt_tokens == 1 + len(expected)
+
+
+def test_estimate_tokens_counts_bytes_and_output_budget():
+    request = GenerateRequest("a" * 30, TEMPLATE, SamplingParams(max_new_tokens=7))
+    size = len(('Review: """' + "a" * 30 + '"""\nSentiment:').encode())
+    assert estimate_tokens(("key", request)) == size // 3 + 1 + 7
+    assert (
+        estimate_tokens(ScoreRequest("é", TEMPLATE, LABELS))
+        == (len('Review: """é"""\nSentiment:'.encode()) // 3) + 1 + 6
+    )
+
+
+def test_handler_rejects_bad_settings_with_a_hint():
+    with pytest.raises(ValueError, match="batch_max_tokens"):
+        GemmaModelHandler(batch_max_tokens=0)
+    with pytest.raises(ValueError, match="prompt_style"):
+        GemmaModelHandler(prompt_style="instruct")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="inference_args"):
+        GemmaModelHandler().validate_inference_args({"temperature": 1.0})
+
+
+def test_model_copies_spread_over_gpus_by_free_memory(monkeypatch, tmp_path):
+    assert pick_gpu([10, 30, 30, 5]) == 1
+    devices = []
+
+    def factory(path, **kwargs):
+        devices.append(kwargs["device"])
+        if kwargs["device"].startswith("cuda:"):
+            free[int(kwargs["device"].split(":")[1])] -= 50  # the copy takes memory on its GPU
+        return FakeEngine()
+
+    free = [100, 120]
+    monkeypatch.setattr(handler_module, "_gpu_count", lambda: 2)
+    monkeypatch.setattr(handler_module, "_free_gpu_memory", lambda: list(free))
+    monkeypatch.setattr(handler_module.tempfile, "gettempdir", lambda: str(tmp_path))
+    handler = GemmaModelHandler(engine_factory=factory, model_resolver=fake_resolver, model_copies=2)
+    handler.load_model()
+    handler.load_model()
+    assert devices == ["cuda:1", "cuda:0"]
+    GemmaModelHandler(device="cpu", engine_factory=factory, model_resolver=fake_resolver).load_model()
+    assert devices[-1] == "cpu"  # an explicit --device wins
+
+
+def test_handler_batches_by_estimated_tokens():
+    handler = GemmaModelHandler(batch_max_tokens=100, engine_factory=fake_engine_factory, model_resolver=fake_resolver)
+    kwargs = handler.batch_elements_kwargs()
+    assert kwargs["max_batch_size"] == 100 and kwargs["min_batch_size"] == 100
+    huge = ScoreRequest("x" * 10_000, TEMPLATE, LABELS)
+    assert kwargs["element_size_fn"](("k", huge)) == 100  # capped: a huge record still forms its own batch
+    assert handler.share_model_across_processes() is True and handler.model_copies() == 1
+    per_process = GemmaModelHandler(model_copies=None)
+    assert per_process.share_model_across_processes() is False
+
+
+def test_run_inference_keyed_one_result_per_element_in_order():
+    handler = GemmaModelHandler(engine_factory=fake_engine_factory, model_resolver=fake_resolver, model_copies=None)
+    elements = [(f"k{i}", ScoreRequest(text, TEMPLATE, LABELS)) for i, text in enumerate(["great", "awful", "hours"])]
+    with BeamPipeline(runner=RUNNER) as p:
+        out = (
+            p
+            | beam.Create(elements)
+            | RunInference(handler)
+            | beam.MapTuple(lambda key, r: (key, LABELS[max(range(3), key=lambda j: r.logprobs[j])]))
+        )
+        assert_that(out, equal_to([("k0", "positive"), ("k1", "negative"), ("k2", "neutral")]))
+
+
+# ------------------------------------------------------------------------------- real engine, tiny model
+
+
+def build_tiny_gemma3(folder: Path) -> Path:
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from gemma_ops.checkpoints import default_model_path
+
+    config = Gemma3TextConfig(
+        vocab_size=262144,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=256,
+        sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_path() / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3"))
+
+
+def test_run_inference_with_the_real_engine_on_a_tiny_model(tiny_model):
+    handler = GemmaModelHandler(model=str(tiny_model), device="cpu", dtype="float32", model_copies=None)
+    docs = ["great food", "the order arrived broken", "open 9 to 5", "x " * 400]
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    elements = [(i, ScoreRequest(d, TEMPLATE, LABELS, ("N/A",))) for i, d in enumerate(docs)]
+    elements += [(10 + i, GenerateRequest(d, TEMPLATE, params)) for i, d in enumerate(docs)]
+
+    def check(pairs):
+        pairs = sorted(pairs, key=lambda kv: kv[0])
+        assert [k for k, _ in pairs] == [0, 1, 2, 3, 10, 11, 12, 13]
+        for key, response in pairs:
+            assert response.error is None, response.error
+            assert response.model == tiny_model.name
+            if key < 10:
+                assert len(response.logprobs) == 3 and len(response.prior) == 3
+                assert all(math.isfinite(x) and x < 0 for x in response.logprobs)
+            else:
+                assert isinstance(response, GenerateResponse)
+                assert response.output_tokens == 4 and response.finish_reason == "length"
+        # the 400-word document fits the 256-token context only when cut
+        assert pairs[3][1].truncated and pairs[7][1].truncated and pairs[7][1].prompt_tokens == 256 - 4
+        assert not pairs[0][1].truncated
+
+    with BeamPipeline(runner=RUNNER) as p:
+        out = p | beam.Create(elements) | RunInference(handler)
+        assert_that(out, check)
