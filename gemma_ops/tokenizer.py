@@ -63,13 +63,18 @@ class GemmaTokenizer:
     def vocab_size(self) -> int:
         return len(self._backend) if self._kind == "hf" else self._backend.get_piece_size()
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        return self.encode_batch([text], add_bos=add_bos)[0]
+    def encode(self, text: str, add_bos: bool = True, allow_special: bool = True) -> list[int]:
+        return self.encode_batch([text], add_bos=add_bos, allow_special=allow_special)[0]
 
-    def encode_batch(self, texts: Sequence[str], add_bos: bool = True) -> list[list[int]]:
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = True, allow_special: bool = True) -> list[list[int]]:
+        """Token ids per text. ``allow_special=False`` is for untrusted text: a literal "<start_of_turn>" in a
+        record is then tokenized as plain characters and cannot open a turn."""
         if self._kind == "hf":
-            encoded = self._backend(list(texts), add_special_tokens=add_bos)["input_ids"]
+            encoded = self._backend(list(texts), add_special_tokens=add_bos, split_special_tokens=not allow_special)[
+                "input_ids"
+            ]
             return [list(ids) for ids in encoded]
+        # SentencePiece never produces control symbols from text, so allow_special changes nothing here.
         out = self._backend.encode(list(texts))
         return [([self.bos_id] if add_bos else []) + list(ids) for ids in out]
 
