@@ -11,6 +11,8 @@ mask), and logits are computed only at the positions that predict candidate toke
 
 from __future__ import annotations
 
+import zlib
+from array import array
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,6 +64,11 @@ class _Running:
     def last_position(self) -> int:
         """Position of the newest token (not yet in the cache)."""
         return len(self.prompt) + len(self.output) - 1
+
+
+def _content_seed(ids: list[int]) -> int:
+    """Seed for a sampling request without one: from its prompt, so no batch-mate or position changes it."""
+    return zlib.crc32(array("q", ids).tobytes())
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -171,7 +178,7 @@ class GemmaEngine:
             if error is not None:
                 results[index] = Completion("", (), "error", len(ids), error)
             else:
-                waiting.append(_Running(index, ids, p, make_generator(p, fallback_seed=index)))
+                waiting.append(_Running(index, ids, p, make_generator(p, fallback_seed=_content_seed(ids))))
         if waiting:
             cache = self._cache_for(min(self.config.max_slots, len(waiting)))
             with torch.inference_mode():

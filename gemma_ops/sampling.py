@@ -19,7 +19,7 @@ class SamplingParams:
     temperature: float = 0.0
     top_k: int = 0  # 0: no top-k filter
     top_p: float = 1.0  # 1.0: no nucleus filter
-    seed: int | None = None  # None with temperature > 0: seeded from the request's index (reproducible)
+    seed: int | None = None  # None with temperature > 0: seeded from the prompt's tokens (reproducible)
     stop: tuple[str, ...] = field(default_factory=tuple)  # stop strings; matched text is cut from the output
     ignore_eos: bool = False
 

@@ -175,3 +175,11 @@ def test_score_with_a_shared_prefix_equals_full_forward(engine):
     # A later call with one prompt extending the kept prefix reuses it and still gets the same numbers.
     again = engine.score([prompts[1]], candidates)[0]
     assert again.logprobs == pytest.approx(scores[1].logprobs, abs=1e-5)
+
+
+def test_unseeded_sampling_is_reproducible_and_position_independent(engine):
+    target = _ids(80, 9)
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, ignore_eos=True)
+    first = engine.generate([target, _ids(81, 4)], params)[0]
+    later = engine.generate([_ids(82, 6), _ids(83, 3), target], params)[2]
+    assert first.token_ids == later.token_ids
