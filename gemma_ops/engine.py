@@ -11,6 +11,7 @@ mask), and logits are computed only at the positions that predict candidate toke
 
 from __future__ import annotations
 
+import os
 import zlib
 from array import array
 from collections import deque
@@ -69,6 +70,23 @@ class _Running:
 def _content_seed(ids: list[int]) -> int:
     """Seed for a sampling request without one: from its prompt, so no batch-mate or position changes it."""
     return zlib.crc32(array("q", ids).tobytes())
+
+
+def _free_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free
+    try:  # Linux: memory available without swapping (free + reclaimable cache)
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no figure on this platform: do not cap
+        return 2**62
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -157,8 +175,18 @@ class GemmaEngine:
         return None
 
     def _cache_for(self, slots: int) -> KVCache:
-        if self._cache is None or self._cache.max_slots < slots:
-            self._cache = KVCache(self.model.config, slots, self.max_context, self.device, self.dtype)
+        """A cache with at least ``slots`` slots, or as many as fit in the free memory (at least one)."""
+        if self._cache is not None and self._cache.max_slots >= slots:
+            return self._cache
+        self._cache = None  # let the old one go before sizing the new one
+        per_slot = KVCache.bytes_needed(self.model.config, 1, self.max_context, self.dtype.itemsize)
+        fitting = int(_free_memory_bytes(self.device) * 0.9) // per_slot
+        if fitting < 1:
+            raise MemoryError(
+                f"one KV-cache slot of {self.max_context} tokens needs {per_slot / 2**20:.0f} MiB, more than is "
+                f"free on {self.device}; lower max_context"
+            )
+        self._cache = KVCache(self.model.config, min(slots, fitting), self.max_context, self.device, self.dtype)
         return self._cache
 
     # -------------------------------------------------------------------------------------- generation
