@@ -31,6 +31,12 @@ setup(
             "hypothesis>=6.100",
             "ruff==0.14.*",
             "gcp-storage-emulator>=2024.8.3",
+            # BigQuery emulator for tests/dataflow; duckdb pinned with its spatial extension from PyPI
+            # (bqemulator runs INSTALL spatial at start-up; an unpinned duckdb 2.0 tries to download it).
+            "bqemulator==1.4.0; python_version >= '3.11'",
+            "duckdb==1.5.5; python_version >= '3.11'",
+            "duckdb-extensions==1.5.5; python_version >= '3.11'",
+            "duckdb-extension-spatial==1.5.5; python_version >= '3.11'",
         ],
     },
 )

@@ -1,0 +1,104 @@
+"""Flex Template entry point (FLEX_TEMPLATE_PYTHON_PY_FILE): template parameters -> the Beam pipeline.
+
+Kept thin: the pipeline lives in the installed package. This file only adapts what a launch can express:
+- Cloud Scheduler sends the same request every day, so ``{run_date}`` in any parameter is replaced by the
+  run's date (``--run_date=YYYY-MM-DD``, or today in UTC shifted by ``--run_date_offset_days``, e.g. -1 to
+  process yesterday's input folder); the pipeline gets ``--run_date`` when its options declare it.
+- The launcher passes every parameter as ``--name=value``; boolean flags arrive as ``--flag=true|false``.
+It submits the job and returns without waiting: the launcher VM is not meant to babysit a batch job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import sys
+from collections.abc import Sequence
+
+RUN_DATE_PLACEHOLDER = "{run_date}"
+LAUNCH_FLAGS = ("run_date", "run_date_offset_days")
+
+
+def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
+    """Parameters consumed here (not by the pipeline's options); metadata.json lists them too."""
+    parser.add_argument(
+        "--run_date",
+        default=None,
+        help="The run's date, YYYY-MM-DD: picks the BigQuery partition and replaces {run_date} in the other "
+        "parameters (default: today in UTC plus --run_date_offset_days).",
+    )
+    parser.add_argument(
+        "--run_date_offset_days",
+        type=int,
+        default=0,
+        help="Days added to today's UTC date when --run_date is not given; -1 processes yesterday's data.",
+    )
+
+
+def resolve_run_date(run_date: str | None, offset_days: int, today: datetime.date) -> datetime.date:
+    if run_date:
+        try:
+            return datetime.date.fromisoformat(run_date)
+        except ValueError as err:
+            raise ValueError(f"--run_date {run_date!r} is not a date like 2026-01-31") from err
+    return today + datetime.timedelta(days=offset_days)
+
+
+def expand_launch_args(
+    argv: Sequence[str], bool_flags: Sequence[str], pipeline_takes_run_date: bool, today: datetime.date
+) -> list[str]:
+    """Launcher argv -> pipeline argv: dates resolved, ``--flag=true|false`` turned into argparse form."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_launch_arguments(parser)
+    launch, rest = parser.parse_known_args(list(argv))
+    run_date = resolve_run_date(launch.run_date, launch.run_date_offset_days, today)
+    out = []
+    for token in rest:
+        token = token.replace(RUN_DATE_PLACEHOLDER, run_date.isoformat())
+        name, sep, value = token.partition("=")
+        if sep and name.lstrip("-") in bool_flags:
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"{name} takes true or false, got {value!r}")
+            if value.lower() == "true":
+                out.append(name)
+            continue
+        out.append(token)
+    if pipeline_takes_run_date:
+        out.append(f"--run_date={run_date.isoformat()}")
+    return out
+
+
+def pipeline_flags() -> tuple[list[str], bool]:
+    """The pipeline's boolean flags, and whether it declares --run_date (read from its options)."""
+    from pipelines.options import GemmaOptions
+
+    parser = argparse.ArgumentParser(add_help=False)
+    GemmaOptions._add_argparse_args(parser)
+    bools = [a.dest for a in parser._actions if a.nargs == 0 and a.option_strings]
+    dests = {a.dest for a in parser._actions}
+    return bools, "run_date" in dests
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import apache_beam as beam
+
+    from pipelines.batch_inference import parse_args
+    from pipelines.pipeline import build_pipeline
+
+    logging.getLogger().setLevel(logging.INFO)
+    bools, takes_run_date = pipeline_flags()
+    args = expand_launch_args(
+        sys.argv[1:] if argv is None else argv,
+        bools,
+        takes_run_date,
+        datetime.datetime.now(datetime.timezone.utc).date(),
+    )
+    options, config = parse_args(args)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, config, progress=False)
+    pipeline.run()
+
+
+if __name__ == "__main__":
+    main()
