@@ -30,6 +30,8 @@ from gemma_ops.batch_requests import (
     Request,
     Response,
     RunnerInfo,
+    ScoreRequest,
+    ScoreResponse,
     estimate_tokens,
 )
 from gemma_ops.runner import EngineRunner
@@ -90,7 +92,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
         prompt_style: PromptStyle = "auto",
         max_prompt_tokens: int | None = None,
         overflow: Overflow = "truncate",
-        batch_max_tokens: int = 4096,
+        batch_max_tokens: int = 16384,
         model_copies: int | None = 1,
         engine_factory: Callable[..., Any] = build_engine,
         model_resolver: Callable[[str], Path] = resolve_model_path,
@@ -128,6 +130,8 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
         self._requests = Metrics.counter(METRICS_NAMESPACE, "requests")
         self._request_errors = Metrics.counter(METRICS_NAMESPACE, "request_errors")
         self._truncated = Metrics.counter(METRICS_NAMESPACE, "truncated_prompts")
+        self._split_batches = Metrics.counter(METRICS_NAMESPACE, "failed_batches_split")
+        self._isolated = Metrics.counter(METRICS_NAMESPACE, "isolated_failures")
         self._load_ms = Metrics.distribution(METRICS_NAMESPACE, "model_load_ms")
 
     def load_model(self) -> EngineRunner:
@@ -167,7 +171,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
             self._info = model.info()
             self._load_ms.update(int(self._info.load_seconds * 1000))
         keys = [key for key, _ in batch]
-        responses = model.run([request for _, request in batch])
+        responses = self._run_isolating(model, [request for _, request in batch], self._info)
         self._batches.inc()
         self._requests.inc(len(batch))
         self._prompt_tokens.inc(sum(r.prompt_tokens for r in responses))
@@ -175,6 +179,24 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
         self._request_errors.inc(sum(1 for r in responses if r.error))
         self._truncated.inc(sum(1 for r in responses if r.truncated))
         return list(zip(keys, responses, strict=True))
+
+    def _run_isolating(self, model: EngineRunner, requests: list[Request], info: RunnerInfo) -> list[Response]:
+        """``model.run``; when it raises, bisect the batch so only the requests that fail alone get errors.
+
+        Beam's RunInference would dead-letter the whole batch; here the batch-mates of a bad request still
+        get results. A failing single request becomes an error response (a dead letter downstream); a
+        systemic failure therefore dead-letters every record, which --max_error_rate turns into a failed job.
+        """
+        try:
+            return model.run(requests)
+        except Exception as err:
+            if len(requests) == 1:
+                self._isolated.inc()
+                _LOG.warning("inference failed for one request: %s: %s", type(err).__name__, err)
+                return [_error_response(requests[0], f"{type(err).__name__}: {err}", info)]
+            self._split_batches.inc()
+            mid = len(requests) // 2
+            return self._run_isolating(model, requests[:mid], info) + self._run_isolating(model, requests[mid:], info)
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         budget = self._batch_max_tokens
@@ -196,3 +218,9 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
                 f"GemmaModelHandler takes no inference_args (got {sorted(inference_args)}); "
                 "put sampling settings in each GenerateRequest's params"
             )
+
+
+def _error_response(request: Request, message: str, info: RunnerInfo) -> Response:
+    if isinstance(request, ScoreRequest):
+        return ScoreResponse((), None, 0, False, info.style, info.model_name, message)
+    return GenerateResponse("", "error", 0, 0, False, info.style, info.model_name, message)

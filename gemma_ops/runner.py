@@ -7,9 +7,10 @@ one response per request in order. Beam-free; a Beam proxy talks to it through i
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from gemma_ops.batch_requests import (
     GenerateRequest,
@@ -26,6 +27,25 @@ from gemma_ops.batch_requests import (
 )
 
 _CHAT_SLOT = "\x00GEMMA-BEAM-DOCUMENT\x00"
+_LOG = logging.getLogger(__name__)
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (and the older RuntimeError "CUDA out of memory"), checked without torch."""
+    return type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
+
+
+def _release_accelerator_memory() -> None:
+    """Give the allocator's cached blocks back after an OOM, so the smaller retry has room."""
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch just for this: fake engines run without it
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class EngineRunner:
@@ -55,6 +75,8 @@ class EngineRunner:
         self._load_seconds = load_seconds
         self._lock = threading.Lock()
         self._priors: dict[tuple, tuple[float, ...]] = {}
+        self._max_call: int | None = None  # requests per engine call; set (and halved) by out-of-memory errors
+        self.oom_retries = 0
 
     def info(self) -> RunnerInfo:
         return RunnerInfo(self._model_name, self._engine.max_context, self._style, self._load_seconds)
@@ -78,12 +100,13 @@ class EngineRunner:
                 else:
                     generate_ids.append(i)
             for candidates, indices in score_groups.items():
-                results = self._engine.score([encoded[i][0] for i in indices], list(candidates), restrict_vocab=True)
+                results = self._score([encoded[i][0] for i in indices], list(candidates))
                 for i, result in zip(indices, results, strict=True):
                     responses[i] = self._score_response(requests[i], result, encoded[i][1])
             if generate_ids:
-                completions = self._engine.generate(
-                    [encoded[i][0] for i in generate_ids], [requests[i].params for i in generate_ids]
+                completions = self._shrinking(
+                    [(encoded[i][0], requests[i].params) for i in generate_ids],
+                    lambda chunk: self._engine.generate([ids for ids, _ in chunk], [p for _, p in chunk]),
                 )
                 for i, completion in zip(generate_ids, completions, strict=True):
                     responses[i] = GenerateResponse(
@@ -102,6 +125,35 @@ class EngineRunner:
             return responses  # type: ignore[return-value]
 
     # -- helpers
+
+    def _score(self, prompts: list[list[int]], candidates: list[str]) -> list[Any]:
+        return self._shrinking(prompts, lambda chunk: self._engine.score(chunk, candidates, restrict_vocab=True))
+
+    def _shrinking(self, items: list[_Item], call: Callable[[list[_Item]], list[_Result]]) -> list[_Result]:
+        """``call`` over ``items`` in chunks; an out-of-memory error halves the chunk size and retries.
+
+        The smaller size sticks for later calls: the batch that ran out of memory is typical of the job.
+        A single request that still runs out of memory raises (the handler dead-letters it alone).
+        """
+        out: list[_Result] = []
+        start = 0
+        while start < len(items):
+            size = min(self._max_call or len(items), len(items) - start)
+            try:
+                results = call(items[start : start + size])
+            except Exception as err:
+                if not is_out_of_memory(err) or size == 1:
+                    raise
+                self._max_call = max(1, size // 2)
+                self.oom_retries += 1
+                _release_accelerator_memory()
+                _LOG.warning("engine ran out of memory on %d requests; retrying %d at a time", size, self._max_call)
+                continue
+            if len(results) != size:
+                raise RuntimeError(f"internal error: the engine returned {len(results)} results for {size} requests")
+            out.extend(results)
+            start += size
+        return out
 
     # Scores are only compared among the labels, so the engine computes the output layer for the labels'
     # tokens alone (restrict_vocab): the same choice, a fraction of the cost of the full vocabulary.
@@ -165,7 +217,7 @@ class EngineRunner:
         if key not in self._priors:
             candidates = list(self.candidates(request))
             prompts = [self._encode(d, request.template, 0)[0] for d in request.calibration_documents]
-            rows = self._engine.score(prompts, candidates, restrict_vocab=True)
+            rows = self._score(prompts, candidates)
             for row in rows:
                 if row.error:
                     raise RuntimeError(f"scoring the content-free calibration prompt failed: {row.error}")

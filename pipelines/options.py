@@ -78,7 +78,7 @@ def add_job_arguments(parser, labels_flag: str = LABELS_FLAG) -> None:
     add("--no_calibration", action="store_true",
         help="sentiment/classify: use raw label scores instead of dividing out the label prior "
         "measured on a content-free input.")  # fmt: skip
-    add("--batch_max_tokens", type=int, default=4096,
+    add("--batch_max_tokens", type=int, default=16384,
         help="Estimated tokens (prompt + output) per RunInference batch.")  # fmt: skip
     add("--max_prompt_tokens", type=int, default=None,
         help="Cap on prompt tokens per record (default: the model's context minus the output).")  # fmt: skip
@@ -99,6 +99,9 @@ def add_job_arguments(parser, labels_flag: str = LABELS_FLAG) -> None:
         help="Models per machine; each SDK process talks to them through Beam's shared-model proxy. "
         "0 loads one model in every SDK process instead.")  # fmt: skip
     add("--num_shards", type=int, default=0, help="Output files per kind (0: the runner decides).")
+    add("--max_error_rate", type=float, default=None,
+        help="Fail the job (and publish nothing) when dead letters / input records exceed this fraction, "
+        "e.g. 0.01; default: no limit.")  # fmt: skip
     add("--run_id", default=None, help="Lineage id written to every row (default: UTC time + random).")
 
 
@@ -125,7 +128,7 @@ class JobConfig:
     seed: int | None = None
     prompt_style: str = "auto"
     calibrate: bool = True
-    batch_max_tokens: int = 4096
+    batch_max_tokens: int = 16384
     max_prompt_tokens: int | None = None
     on_overflow: str = "truncate"
     max_record_bytes: int = 1_000_000
@@ -134,6 +137,7 @@ class JobConfig:
     engine_max_batch_tokens: int | None = None
     model_copies: int = 1
     num_shards: int = 0
+    max_error_rate: float | None = None
     run_id: str = ""
 
     def __post_init__(self) -> None:
@@ -165,6 +169,8 @@ class JobConfig:
                 problems.append(f"{flag} must be >= {low}, got {value}")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             problems.append(f"--max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        if self.max_error_rate is not None and not 0.0 <= self.max_error_rate <= 1.0:
+            problems.append(f"--max_error_rate must be a fraction between 0 and 1, got {self.max_error_rate}")
         if self.temperature < 0:
             problems.append(f"--temperature must be >= 0, got {self.temperature}")
         if not self.text_field:
@@ -204,5 +210,6 @@ class JobConfig:
             engine_max_batch_tokens=o.engine_max_batch_tokens,
             model_copies=o.model_copies,
             num_shards=o.num_shards,
+            max_error_rate=o.max_error_rate,
             run_id=o.run_id or "",
         )

@@ -8,9 +8,11 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 
 from gemma_ops.handler import GemmaModelHandler
+from pipelines.accounting import CheckAccounting
 from pipelines.io import ReadRecords, RecordSpec, WriteErrors, WriteResults, output_prefix
 from pipelines.options import JobConfig
 from pipelines.progress import ReportProgress
+from pipelines.publish import Publish, staging_dir
 from transforms.base import InferTask, Task
 from transforms.classify import ClassifyTask
 from transforms.sentiment import SentimentTask
@@ -63,8 +65,17 @@ def build_pipeline(
     if progress:
         rows = rows | "Progress" >> beam.ParDo(ReportProgress())
     errors = (read_errors, task_errors) | "AllErrors" >> beam.Flatten()
-    _ = rows | "WriteResults" >> WriteResults(config.output, task.schema(), config.output_format, config.num_shards)
-    _ = errors | "WriteErrors" >> WriteErrors(config.output, config.num_shards)
+    # Sinks write to a run-scoped folder; Publish swaps it in only after the writes and the accounting check.
+    staging = staging_dir(config.output, config.run_id)
+    written_rows = rows | "WriteResults" >> WriteResults(
+        staging, task.schema(), config.output_format, config.num_shards
+    )
+    written_errors = errors | "WriteErrors" >> WriteErrors(staging, config.num_shards)
+    inputs = (records, read_errors) | "AllInputs" >> beam.Flatten()
+    checked = (inputs, rows, errors) | "Accounting" >> CheckAccounting(
+        config.max_error_rate, staging, after=(written_rows, written_errors)
+    )
+    _ = (checked,) | "Publish" >> Publish(config.output, staging)
     return JobOutputs(
         records=records,
         rows=rows,

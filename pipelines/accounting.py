@@ -1,0 +1,91 @@
+"""Every input record is accounted for: input = results + errors, and the error rate stays under the limit.
+
+The check runs inside the pipeline on the exact PCollections (not on counters, which a retried bundle can
+count twice), so it holds on every runner; it fails the job before the output is published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+METRICS_NAMESPACE = "gemma_pipeline"
+
+
+class ErrorRateExceeded(RuntimeError):
+    """Too many records failed: the job stops instead of publishing mostly dead letters."""
+
+
+class RecordsLost(RuntimeError):
+    """Input and outcomes do not add up: a bug, never an expected outcome."""
+
+
+@dataclass(frozen=True)
+class Accounting:
+    inputs: int
+    results: int
+    errors: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.inputs if self.inputs else 0.0
+
+
+def check_accounting(counts: Accounting, max_error_rate: float | None, errors_at: str = "") -> Accounting:
+    """Raise when records went missing or the error rate is over ``max_error_rate`` (None: no limit)."""
+    if counts.inputs != counts.results + counts.errors:
+        raise RecordsLost(
+            f"{counts.inputs} input records but {counts.results} results + {counts.errors} errors "
+            f"= {counts.results + counts.errors}; please report this with the input that caused it"
+        )
+    if max_error_rate is not None and counts.error_rate > max_error_rate:
+        where = f" (dead letters kept in {errors_at})" if errors_at else ""
+        raise ErrorRateExceeded(
+            f"error rate {counts.errors}/{counts.inputs} = {counts.error_rate:.4f} is over "
+            f"--max_error_rate={max_error_rate}; the output was not published{where}. "
+            "Fix the input (see the errors-*.jsonl rows for why each record failed) or raise --max_error_rate"
+        )
+    return counts
+
+
+def _count(pcoll: beam.PCollection, label: str) -> beam.pvalue.AsSingleton:
+    return beam.pvalue.AsSingleton(pcoll | label >> beam.combiners.Count.Globally())
+
+
+class CheckAccounting(beam.PTransform):
+    """(inputs, results, errors) PCollections -> one Accounting element, or a failed job."""
+
+    def __init__(
+        self, max_error_rate: float | None, errors_at: str = "", after: tuple[beam.PCollection, ...] = ()
+    ) -> None:
+        """``after``: steps to wait for first (the writes), so a failed check still leaves the dead letters."""
+        super().__init__()
+        self._max_error_rate = max_error_rate
+        self._errors_at = errors_at
+        self._after = after
+
+    def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection, beam.PCollection]):
+        inputs, results, errors = pcolls
+        max_rate, errors_at = self._max_error_rate, self._errors_at
+
+        waits = {f"wait{i}": beam.pvalue.AsList(p) for i, p in enumerate(self._after)}
+
+        def check(_, n_in: int, n_results: int, n_errors: int, **_waits) -> Accounting:
+            counts = check_accounting(Accounting(n_in, n_results, n_errors), max_rate, errors_at)
+            Metrics.counter(METRICS_NAMESPACE, "accounted_records").inc(n_in)
+            return counts
+
+        return (
+            inputs.pipeline
+            | "Once" >> beam.Create([None])
+            | "Check"
+            >> beam.Map(
+                check,
+                n_in=_count(inputs, "CountInputs"),
+                n_results=_count(results, "CountResults"),
+                n_errors=_count(errors, "CountErrors"),
+                **waits,
+            )
+        )

@@ -1,0 +1,47 @@
+"""Fake engines that fail the way real ones do: a whole call raising, or running out of GPU memory."""
+
+from __future__ import annotations
+
+from tests.transforms.fakes import FakeEngine
+
+CRASH = "CRASH"  # a prompt containing this makes the whole engine call raise
+
+
+class CrashingEngine(FakeEngine):
+    """Raises for any call that includes a CRASH prompt (as a kernel error takes down the whole batch)."""
+
+    def _check(self, prompts) -> None:
+        if any(CRASH in self._text(p) for p in prompts):
+            raise RuntimeError("device-side assert triggered")
+
+    def score(self, prompts, candidates, *, restrict_vocab: bool = False):
+        self._check(prompts)
+        return super().score(prompts, candidates, restrict_vocab=restrict_vocab)
+
+    def generate(self, prompts, params):
+        self._check(prompts)
+        return super().generate(prompts, params)
+
+
+class OutOfMemoryEngine(FakeEngine):
+    """Raises torch.cuda.OutOfMemoryError for calls with more than ``fits`` prompts."""
+
+    def __init__(self, fits: int = 2, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fits = fits
+        self.attempts: list[int] = []
+
+    def _check(self, prompts) -> None:
+        import torch
+
+        self.attempts.append(len(prompts))
+        if len(prompts) > self.fits:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(prompts)} GiB")
+
+    def score(self, prompts, candidates, *, restrict_vocab: bool = False):
+        self._check(prompts)
+        return super().score(prompts, candidates, restrict_vocab=restrict_vocab)
+
+    def generate(self, prompts, params):
+        self._check(prompts)
+        return super().generate(prompts, params)

@@ -1,0 +1,132 @@
+"""Failures stay small: a crashing batch is bisected to the bad record, OOM shrinks the engine call, a
+retried bundle leaves no duplicates."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from gemma_ops.batch_requests import GenerateRequest, ScoreRequest, ScoreResponse
+from gemma_ops.handler import GemmaModelHandler
+from gemma_ops.runner import EngineRunner, is_out_of_memory
+from gemma_ops.sampling import SamplingParams
+from pipelines.options import JobConfig
+from pipelines.pipeline import build_pipeline
+from pipelines.progress import summarize_run
+from tests.reliability.engines import CRASH, CrashingEngine, OutOfMemoryEngine
+from tests.transforms.fakes import FakeEngine, fake_resolver
+from transforms.sentiment import SENTIMENT_TEMPLATE, SentimentTask
+
+FN_API = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+BUNDLE_RETRYING = "BundleBasedDirectRunner"
+LABELS = ("positive", "negative", "neutral")
+
+
+def crashing_factory(path, **kwargs) -> CrashingEngine:
+    return CrashingEngine()
+
+
+def handler_for(factory) -> GemmaModelHandler:
+    return GemmaModelHandler(engine_factory=factory, model_resolver=fake_resolver, model_copies=None)
+
+
+def score(text: str) -> ScoreRequest:
+    return ScoreRequest(text, SENTIMENT_TEMPLATE, LABELS)
+
+
+def test_a_crashing_batch_is_bisected_and_only_the_bad_request_fails():
+    handler = handler_for(crashing_factory)
+    model = handler.load_model()
+    texts = ["great", "awful", f"{CRASH} here", "hours", "love it", "broken", f"again {CRASH}"]
+    out = handler.run_inference([(i, score(t)) for i, t in enumerate(texts)], model)
+    assert [k for k, _ in out] == list(range(7))
+    failed = {k: r.error for k, r in out if r.error}
+    assert failed == {2: "RuntimeError: device-side assert triggered", 6: "RuntimeError: device-side assert triggered"}
+    assert [r.logprobs for k, r in out if k == 0] == [(-4.0, -5.0, -5.0)]  # "great": one positive cue
+    assert all(isinstance(r, ScoreResponse) and r.model == "fake-gemma" for _, r in out)
+
+
+def test_out_of_memory_halves_the_engine_call_and_gives_the_same_results():
+    params = SamplingParams(max_new_tokens=8)
+    requests = [GenerateRequest(f"doc number {i} words", SENTIMENT_TEMPLATE, params) for i in range(5)]
+    requests += [score(t) for t in ["great", "awful", "hours", "love", "broken"]]
+    expected = EngineRunner(FakeEngine(), prompt_style="completion").run(requests)
+    engine = OutOfMemoryEngine(fits=2)
+    runner = EngineRunner(engine, prompt_style="completion")
+    assert runner.run(requests) == expected
+    # scoring 5 prompts runs out of memory; halved to 2 per call it fits (2 + 2 + 1); generate keeps the size
+    assert engine.score_calls == [2, 2, 1] and engine.generate_calls == [2, 2, 1]
+    assert engine.attempts[:2] == [5, 2] and runner.oom_retries == 1  # 5 -> 2; the smaller size sticks
+    assert runner.run(requests[:3]) == expected[:3] and engine.generate_calls[-2:] == [2, 1]
+
+
+def test_out_of_memory_on_a_single_request_is_that_request_s_dead_letter():
+    handler = handler_for(lambda path, **kw: OutOfMemoryEngine(fits=0))
+    model = handler.load_model()
+    out = handler.run_inference([("a", score("great")), ("b", score("awful"))], model)
+    assert [(k, r.error.split(".")[0]) for k, r in out] == [
+        ("a", "OutOfMemoryError: CUDA out of memory"),
+        ("b", "OutOfMemoryError: CUDA out of memory"),
+    ]
+
+
+def test_is_out_of_memory():
+    import torch
+
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(RuntimeError("device-side assert triggered"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # not an engine error type
+
+
+def run_job(config: JobConfig, handler: GemmaModelHandler, runner: str = FN_API):
+    pipeline = beam.Pipeline(runner=runner, options=PipelineOptions())
+    outputs = build_pipeline(pipeline, config, handler=handler, progress=False)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return summarize_run(result, outputs.results_prefix, outputs.errors_prefix, 1.0)
+
+
+def test_pipeline_dead_letters_only_the_crashing_record(tmp_path):
+    lines = [{"id": f"r{i}", "text": t} for i, t in enumerate(["great", "awful", CRASH, "hours", "love"])]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    config = JobConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out"), run_id="r")
+    summary = run_job(config, handler_for(crashing_factory))
+    rows = pq.ParquetDataset(list(summary.result_files)).read().to_pylist()
+    assert sorted(r["id"] for r in rows) == ["r0", "r1", "r3", "r4"]
+    errors = [json.loads(x) for f in summary.error_files for x in Path(f).read_text().splitlines()]
+    assert [(e["id"], e["stage"], e["error"]) for e in errors] == [
+        ("r2", "inference", "RuntimeError: device-side assert triggered")
+    ]
+
+
+def test_a_retried_bundle_leaves_no_duplicate_rows(tmp_path, monkeypatch):
+    """The parse step fails once on record r3; BundleBasedDirectRunner retries the bundle like Dataflow."""
+    marker = tmp_path / "failed-once"
+    original = SentimentTask.task_columns
+
+    def flaky(self, response):
+        if response.logprobs == (-5.0, -5.0, -3.0) and not marker.exists():  # "hours hours": two neutral cues
+            marker.write_text("x")
+            raise RuntimeError("worker lost (injected)")
+        return original(self, response)
+
+    monkeypatch.setattr(SentimentTask, "task_columns", flaky)
+    texts = ["great", "awful", "love it", "hours hours", "broken", "excellent", "refund"]
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    config = JobConfig(
+        input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out"), run_id="r", calibrate=False, num_shards=2
+    )
+    summary = run_job(config, handler_for(lambda path, **kw: FakeEngine()), runner=BUNDLE_RETRYING)
+    assert marker.exists()  # the failure did happen
+    ids = [r["id"] for r in pq.ParquetDataset(list(summary.result_files)).read().to_pylist()]
+    assert sorted(ids) == [f"r{i}" for i in range(7)]
+    assert len(summary.result_files) == 2 and not glob.glob(str(tmp_path / "out" / ".staging-*"))
+    assert not glob.glob(str(tmp_path / "out" / "beam-temp-*"))
