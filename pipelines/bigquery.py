@@ -291,6 +291,42 @@ def partition_sink(
     )
 
 
+class ValidateForBigQuery(beam.PTransform):
+    """Task rows -> (rows converted for the table, dead letters for rows that break its schema).
+
+    FILE_LOADS has no per-row failure output: one bad row would fail the whole load job, so rows are
+    checked here, before the sink.
+    """
+
+    def __init__(self, task_schema: pa.Schema, run_date: datetime.date) -> None:
+        super().__init__()
+        table_schema(task_schema)  # fails at construction for a schema BigQuery cannot hold
+        self._arrow_schema = task_schema
+        self._run_date = run_date
+
+    def expand(self, rows):
+        checked = rows | "ValidateRows" >> beam.ParDo(_ValidateRows(self._arrow_schema, self._run_date)).with_outputs(
+            ERRORS_TAG, main="rows"
+        )
+        return checked.rows, checked[ERRORS_TAG]
+
+
+class LoadPartition(beam.PTransform):
+    """Validated rows -> the run's date partition of ``table``, replacing what an earlier run put there."""
+
+    def __init__(
+        self, table: str, task_schema: pa.Schema, run_date: datetime.date, temp_location: str | None = None
+    ) -> None:
+        super().__init__()
+        self._table = TableRef.parse(table)
+        self._schema = table_schema(task_schema)
+        self._run_date = run_date
+        self._temp_location = temp_location
+
+    def expand(self, rows):
+        return rows | "LoadPartition" >> partition_sink(self._table, self._schema, self._run_date, self._temp_location)
+
+
 class WriteResultsToBigQuery(beam.PTransform):
     """Task rows -> the run's partition of ``table``; returns the rows that broke the schema as dead letters.
 
@@ -305,20 +341,13 @@ class WriteResultsToBigQuery(beam.PTransform):
         temp_location: str | None = None,
     ) -> None:
         super().__init__()
-        self._table = TableRef.parse(table)
-        self._arrow_schema = task_schema
-        self._schema = table_schema(task_schema)  # fails at construction for a schema BigQuery cannot hold
-        self._run_date = run_date
-        self._temp_location = temp_location
+        self._validate = ValidateForBigQuery(task_schema, run_date)
+        self._load = LoadPartition(table, task_schema, run_date, temp_location)
 
     def expand(self, rows):
-        checked = rows | "ValidateRows" >> beam.ParDo(_ValidateRows(self._arrow_schema, self._run_date)).with_outputs(
-            ERRORS_TAG, main="rows"
-        )
-        _ = checked.rows | "LoadPartition" >> partition_sink(
-            self._table, self._schema, self._run_date, self._temp_location
-        )
-        return checked[ERRORS_TAG]
+        valid, rejected = rows | "Validate" >> self._validate
+        _ = valid | "Load" >> self._load
+        return rejected
 
 
 class WriteErrorsToBigQuery(beam.PTransform):

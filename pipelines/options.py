@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from apache_beam.options.pipeline_options import PipelineOptions
 
 TASKS = ("sentiment", "classify", "summarize")
-OUTPUT_FORMATS = ("parquet", "jsonl")  # "bigquery" joins in a later release
+OUTPUT_FORMATS = ("parquet", "jsonl", "bigquery")
 INPUT_FORMATS = ("auto", "jsonl", "parquet")
 PROMPT_STYLES = ("auto", "completion", "chat")
 OVERFLOW_POLICIES = ("truncate", "error")
@@ -68,7 +68,13 @@ def add_job_arguments(parser, labels_flag: str = LABELS_FLAG) -> None:
     add("--input_format", choices=INPUT_FORMATS, default="auto",
         help="auto: by extension (.parquet is Parquet, anything else JSON Lines).")  # fmt: skip
     add("--output_format", choices=OUTPUT_FORMATS, default="parquet",
-        help="parquet (typed columns, declared schema) or jsonl.")  # fmt: skip
+        help="parquet (typed columns, declared schema), jsonl, or bigquery (rows go to --output_table; "
+        "dead letters still land in --output as errors-*.jsonl).")  # fmt: skip
+    add("--output_table", default=None, metavar="PROJECT:DATASET.TABLE",
+        help="--output_format bigquery: the results table, partitioned by run date; a rerun replaces its "
+        "date's partition. Dead letters also go to TABLE_errors.")  # fmt: skip
+    add("--run_date", default=None, metavar="YYYY-MM-DD",
+        help="--output_format bigquery: the date partition this run writes (default: today, UTC).")  # fmt: skip
     add("--max_new_tokens", type=int, default=64, help="summarize: most tokens generated per record.")
     add("--temperature", type=float, default=0.0, help="summarize: 0 is greedy (deterministic).")
     add("--seed", type=int, default=None, help="summarize: sampling seed when --temperature > 0.")
@@ -138,6 +144,8 @@ class JobConfig:
     model_copies: int = 1
     num_shards: int = 0
     max_error_rate: float | None = None
+    output_table: str | None = None
+    run_date: datetime.date | None = None  # BigQuery partition; None: today (UTC)
     run_id: str = ""
 
     def __post_init__(self) -> None:
@@ -175,10 +183,26 @@ class JobConfig:
             problems.append(f"--temperature must be >= 0, got {self.temperature}")
         if not self.text_field:
             problems.append("--text_field must name a field")
+        problems.extend(self._bigquery_problems())
         if problems:
             raise ValueError("invalid options:\n  " + "\n  ".join(problems))
         if not self.run_id:
             object.__setattr__(self, "run_id", new_run_id())
+        if self.run_date is None:
+            object.__setattr__(self, "run_date", datetime.datetime.now(datetime.timezone.utc).date())
+
+    def _bigquery_problems(self) -> list[str]:
+        if self.output_format != "bigquery":
+            return ["--output_table goes with --output_format bigquery"] if self.output_table else []
+        if not self.output_table:
+            return ["--output_format bigquery needs --output_table PROJECT:DATASET.TABLE"]
+        from pipelines.bigquery import TableRef
+
+        try:
+            TableRef.parse(self.output_table)
+        except ValueError as err:
+            return [str(err)]
+        return []
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> JobConfig:
@@ -211,5 +235,16 @@ class JobConfig:
             model_copies=o.model_copies,
             num_shards=o.num_shards,
             max_error_rate=o.max_error_rate,
+            output_table=o.output_table,
+            run_date=_parse_run_date(o.run_date),
             run_id=o.run_id or "",
         )
+
+
+def _parse_run_date(value: str | None) -> datetime.date | None:
+    if not value:
+        return None
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError as err:
+        raise ValueError(f"invalid options:\n  --run_date must be YYYY-MM-DD, got {value!r}") from err

@@ -9,6 +9,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from gemma_ops.handler import GemmaModelHandler
 from pipelines.accounting import CheckAccounting
+from pipelines.bigquery import LoadPartition, ValidateForBigQuery, WriteErrorsToBigQuery
 from pipelines.io import ReadRecords, RecordSpec, WriteErrors, WriteResults, output_prefix
 from pipelines.options import JobConfig
 from pipelines.progress import ReportProgress
@@ -67,14 +68,22 @@ def build_pipeline(
     errors = (read_errors, task_errors) | "AllErrors" >> beam.Flatten()
     # Sinks write to a run-scoped folder; Publish swaps it in only after the writes and the accounting check.
     staging = staging_dir(config.output, config.run_id)
-    written_rows = rows | "WriteResults" >> WriteResults(
-        staging, task.schema(), config.output_format, config.num_shards
-    )
-    written_errors = errors | "WriteErrors" >> WriteErrors(staging, config.num_shards)
+    if config.output_format == "bigquery":
+        rows, rejected = rows | "ValidateForBigQuery" >> ValidateForBigQuery(task.schema(), config.run_date)
+        errors = (errors, rejected) | "WithRejectedRows" >> beam.Flatten()
+        written = (errors | "WriteErrors" >> WriteErrors(staging, config.num_shards),)
+    else:
+        written = (
+            rows | "WriteResults" >> WriteResults(staging, task.schema(), config.output_format, config.num_shards),
+            errors | "WriteErrors" >> WriteErrors(staging, config.num_shards),
+        )
     inputs = (records, read_errors) | "AllInputs" >> beam.Flatten()
-    checked = (inputs, rows, errors) | "Accounting" >> CheckAccounting(
-        config.max_error_rate, staging, after=(written_rows, written_errors)
-    )
+    checked = (inputs, rows, errors) | "Accounting" >> CheckAccounting(config.max_error_rate, staging, after=written)
+    if config.output_format == "bigquery":
+        # Loaded only once the accounting check passed: a run over --max_error_rate replaces no partition.
+        checked_rows = rows | "AfterAccounting" >> beam.Map(lambda row, _ok: row, _ok=beam.pvalue.AsSingleton(checked))
+        _ = checked_rows | "LoadResults" >> LoadPartition(config.output_table, task.schema(), config.run_date)
+        _ = errors | "LoadErrors" >> WriteErrorsToBigQuery(config.output_table, config.run_id, config.run_date)
     _ = (checked,) | "Publish" >> Publish(config.output, staging)
     return JobOutputs(
         records=records,

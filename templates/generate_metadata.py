@@ -64,7 +64,9 @@ def option_actions() -> list[argparse.Action]:
     sys.path.insert(0, str(ROOT))
     from pipelines.options import GemmaOptions
 
-    parser = argparse.ArgumentParser(add_help=False)
+    # --run_date is both a pipeline option and a launch flag; the launch one (which also fills {run_date}
+    # in other parameters) describes it for the template.
+    parser = argparse.ArgumentParser(add_help=False, conflict_handler="resolve")
     GemmaOptions._add_argparse_args(parser)
     _load_entry_module().add_launch_arguments(parser)
     return [a for a in parser._actions if a.option_strings]

@@ -60,3 +60,11 @@ def emulators(tmp_path_factory) -> Iterator[CloudEmulators]:
         if bq is not None:
             bq.stop()
         gcs.stop()
+
+
+@pytest.fixture
+def undecorated(monkeypatch):
+    """Write to the table itself: bqemulator cannot address a ``table$YYYYMMDD`` partition."""
+    from pipelines import bigquery
+
+    monkeypatch.setattr(bigquery.TableRef, "partition", lambda self, run_date: self.spec)

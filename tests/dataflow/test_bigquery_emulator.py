@@ -69,12 +69,6 @@ def query(client, sql: str) -> list[dict]:
     return [dict(row) for row in client.query(sql).result()]
 
 
-@pytest.fixture
-def undecorated(monkeypatch):
-    """Write to the table itself: the emulator cannot address a partition (see the module docstring)."""
-    monkeypatch.setattr(bq.TableRef, "partition", lambda self, run_date: self.spec)
-
-
 def test_emulator_refuses_partition_decorator(emulators):
     emulators.client.create_dataset("decorated")
     with pytest.raises(Exception, match=r"Invalid table id for SQL: 'sentiment\$20261123'"):

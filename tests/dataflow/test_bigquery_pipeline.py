@@ -1,0 +1,82 @@
+"""The whole pipeline with --output_format bigquery (fake engine) against bqemulator."""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from gemma_ops.handler import GemmaModelHandler
+from pipelines.options import JobConfig
+from pipelines.pipeline import build_pipeline
+from tests.dataflow.conftest import PROJECT
+from tests.transforms.fakes import fake_engine_factory, fake_resolver
+
+RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+RUN_DATE = datetime.date(2026, 11, 23)
+LINES = [
+    '{"id": "a", "text": "Great, I love it", "stars": 5}',
+    '{"id": "b", "text": "Awful and broken"}',
+    "{not json",
+    '{"id": "c", "text": "POISON"}',
+]
+
+
+def run_job(emulators, tmp_path, dataset: str, **overrides) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(LINES) + "\n")
+    config = JobConfig(
+        input=str(source),
+        output=str(tmp_path / "out"),
+        output_format="bigquery",
+        output_table=f"{PROJECT}:{dataset}.sentiment",
+        run_date=RUN_DATE,
+        run_id="run-1",
+        **overrides,
+    )
+    options = PipelineOptions([f"--project={PROJECT}", f"--temp_location={emulators.temp_location}"])
+    pipeline = beam.Pipeline(runner=RUNNER, options=options)
+    handler = GemmaModelHandler(engine_factory=fake_engine_factory, model_resolver=fake_resolver, model_copies=None)
+    build_pipeline(pipeline, config, handler=handler, progress=False)
+    pipeline.run().wait_until_finish()
+
+
+def rows_of(client, sql: str) -> list[tuple]:
+    return [tuple(row.values()) for row in client.query(sql).result()]
+
+
+def test_results_and_dead_letters_land_in_bigquery_and_a_rerun_replaces_them(emulators, undecorated, tmp_path):
+    emulators.client.create_dataset("job")
+    for attempt in range(2):  # the same run twice: the partition is replaced, not appended to
+        run_job(emulators, tmp_path, "job")
+        results = rows_of(emulators.client, "SELECT id, label, run_id, run_date FROM job.sentiment ORDER BY id")
+        assert results == [("a", "positive", "run-1", RUN_DATE), ("b", "negative", "run-1", RUN_DATE)], attempt
+        errors = rows_of(emulators.client, "SELECT id, stage FROM job.sentiment_errors ORDER BY stage")
+        assert errors == [("c", "inference"), (None, "read")], attempt
+    # Dead letters are also files in --output, and no results-* files are written for a BigQuery job.
+    files = glob.glob(str(tmp_path / "out" / "errors-*.jsonl"))
+    letters = [json.loads(line) for f in files for line in Path(f).read_text().splitlines()]
+    assert sorted(e["stage"] for e in letters) == ["inference", "read"]
+    assert not glob.glob(str(tmp_path / "out" / "results-*"))
+
+
+def test_a_run_over_the_error_limit_loads_no_results(emulators, undecorated, tmp_path):
+    emulators.client.create_dataset("limited")
+    with pytest.raises(Exception, match=r"error rate 2/4 = 0\.5000 is over --max_error_rate=0\.25"):
+        run_job(emulators, tmp_path, "limited", max_error_rate=0.25)
+    tables = [t.table_id for t in emulators.client.list_tables("limited")]
+    assert "sentiment" not in tables  # the results load never ran
+
+
+def test_bigquery_flags_are_validated():
+    with pytest.raises(ValueError, match=r"needs --output_table PROJECT:DATASET\.TABLE"):
+        JobConfig(input="in.jsonl", output="out", output_format="bigquery")
+    with pytest.raises(ValueError, match=r"is not PROJECT:DATASET\.TABLE"):
+        JobConfig(input="in.jsonl", output="out", output_format="bigquery", output_table="just-a-table")
+    with pytest.raises(ValueError, match="--output_table goes with --output_format bigquery"):
+        JobConfig(input="in.jsonl", output="out", output_table="p:d.t")
