@@ -17,7 +17,7 @@ SLIDING = "sliding_attention"
 FULL = "full_attention"
 
 _FAMILIES = ("gemma", "gemma2", "gemma3_text")
-_TANH_GELUS = ("gelu_pytorch_tanh", "gelu", "gelu_new")  # Gemma's released configs all mean the tanh GELU
+_TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new")  # both the tanh approximation of GELU
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,13 @@ class GemmaConfig:
                 f"{_FAMILIES} (or a multimodal 'gemma3' config with a text_config)"
             )
         activation = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
-        if activation not in _TANH_GELUS:
-            raise ValueError(f"hidden activation {activation!r} is not supported (Gemma uses tanh GELU)")
+        # Gemma 1's released configs say "gelu" and mean the tanh GELU (transformers remaps it for Gemma 1
+        # only); for Gemma 2/3 "gelu" would mean the exact erf GELU, which this decoder does not implement.
+        tanh_gelus = (*_TANH_GELUS, "gelu") if family == "gemma" else _TANH_GELUS
+        if activation not in tanh_gelus:
+            raise ValueError(f"hidden activation {activation!r} is not supported for {family} (Gemma uses tanh GELU)")
+        if raw.get("use_bidirectional_attention"):
+            raise ValueError("use_bidirectional_attention (an embedding model) is not supported: this is a decoder")
 
         gemma1 = family == "gemma"
         hidden = int(raw["hidden_size"])

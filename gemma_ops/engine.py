@@ -76,6 +76,12 @@ def _free_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return free
+    available = _host_available_bytes()
+    container = _cgroup_available_bytes()  # a container (Docker, Dataflow) may allow less than the host has
+    return min(available, container) if container is not None else available
+
+
+def _host_available_bytes() -> int:
     try:  # Linux: memory available without swapping (free + reclaimable cache)
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -87,6 +93,17 @@ def _free_memory_bytes(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # no figure on this platform: do not cap
         return 2**62
+
+
+def _cgroup_available_bytes() -> int | None:
+    """cgroup v2 limit minus usage, or None where no limit is set."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()), 0)
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -128,6 +145,7 @@ class GemmaEngine:
         model.init_rope(self.max_context)
         self._stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
         self._cache: KVCache | None = None
+        self._cache_at_memory_limit = False
         self._prefixes: list[PrefixKV] = []  # most recent first
 
     @classmethod
@@ -176,16 +194,25 @@ class GemmaEngine:
 
     def _cache_for(self, slots: int) -> KVCache:
         """A cache with at least ``slots`` slots, or as many as fit in the free memory (at least one)."""
-        if self._cache is not None and self._cache.max_slots >= slots:
+        if self._cache is not None and (self._cache.max_slots >= slots or self._cache_at_memory_limit):
             return self._cache
-        self._cache = None  # let the old one go before sizing the new one
+        old_bytes = 0
+        if self._cache is not None:  # its memory counts as free for the new one
+            old_bytes = KVCache.bytes_needed(
+                self.model.config, self._cache.max_slots, self.max_context, self.dtype.itemsize
+            )
+            self._cache = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+                old_bytes = 0  # returned to the device, so mem_get_info sees it
         per_slot = KVCache.bytes_needed(self.model.config, 1, self.max_context, self.dtype.itemsize)
-        fitting = int(_free_memory_bytes(self.device) * 0.9) // per_slot
+        fitting = int((_free_memory_bytes(self.device) + old_bytes) * 0.9) // per_slot
         if fitting < 1:
             raise MemoryError(
                 f"one KV-cache slot of {self.max_context} tokens needs {per_slot / 2**20:.0f} MiB, more than is "
                 f"free on {self.device}; lower max_context"
             )
+        self._cache_at_memory_limit = fitting < slots  # a later, larger call cannot get more: keep this one
         self._cache = KVCache(self.model.config, min(slots, fitting), self.max_context, self.device, self.dtype)
         return self._cache
 
@@ -258,8 +285,9 @@ class GemmaEngine:
 
     def _decode(self, running: list[_Running], cache: KVCache) -> None:
         tokens = torch.tensor([r.output[-1] for r in running], device=self.device)
-        positions = torch.tensor([r.last_position for r in running], device=self.device)
-        hidden = self.model.forward_step(tokens, positions, cache)  # [B, D]
+        host_positions = [r.last_position for r in running]
+        positions = torch.tensor(host_positions, device=self.device)
+        hidden = self.model.forward_step(tokens, positions, cache, max(host_positions) + 1)  # [B, D]
         self._append_sampled(running, self.model.logits(hidden))
 
     def _append_sampled(self, requests: list[_Running], logits: torch.Tensor) -> None:
@@ -283,6 +311,11 @@ class GemmaEngine:
             cut = min((text.find(s) for s in params.stop if s in text), default=-1)
             if cut >= 0:
                 request.finish_reason, request.text = "stop", text[:cut]
+                # Keep the tokens up to the one that completes the kept text (it may carry the stop's start).
+                keep = next(
+                    k for k in range(len(request.output) + 1) if len(self.tokenizer.decode(request.output[:k])) >= cut
+                )
+                del request.output[keep:]
                 return
         if len(request.output) >= params.max_new_tokens or request.last_position + 1 >= self.max_context:
             request.finish_reason = "length"
@@ -317,7 +350,7 @@ class GemmaEngine:
         empty = [c for c, ids in zip(candidates, cand_ids, strict=True) if not ids]
         if empty:
             raise ValueError(f"candidates tokenize to nothing: {empty}")
-        room = max(len(ids) for ids in cand_ids)
+        room = max(len(ids) for ids in cand_ids) - 1  # the last candidate token is predicted, never fed
         rows = torch.tensor(sorted({t for ids in cand_ids for t in ids}), device=self.device)
         results: list[ScoreResult | None] = [None] * len(prompts)
         valid: list[tuple[int, list[int]]] = []
@@ -365,6 +398,26 @@ class GemmaEngine:
         self._prefixes = [prefix, *self._prefixes[: self.config.max_cached_prefixes - 1]]
         return prefix
 
+    def _target_logprobs(
+        self, hidden: torch.Tensor, read_rows: list[int], targets: list[int], vocab_rows: torch.Tensor | None
+    ) -> list[float]:
+        """log P(targets[i]) from the hidden state at read_rows[i]: each distinct row's logits computed once
+        (all candidates share the prompt's last row), a bounded number of rows at a time."""
+        unique_rows = sorted(set(read_rows))
+        slot_of = {row: i for i, row in enumerate(unique_rows)}
+        where = torch.tensor([slot_of[r] for r in read_rows], device=self.device)
+        target = torch.tensor(targets, device=self.device)
+        if vocab_rows is not None:
+            target = torch.searchsorted(vocab_rows, target)
+        out = torch.empty(len(read_rows), dtype=torch.float32, device=self.device)
+        step = 64 if vocab_rows is None else 4096  # full-vocabulary float32 rows are 1 MB each
+        for first in range(0, len(unique_rows), step):
+            rows = torch.tensor(unique_rows[first : first + step], device=self.device)
+            logprobs = torch.log_softmax(self.model.logits(hidden[rows], vocab_rows).float(), dim=-1)  # [n, V|R]
+            picked = (where >= first) & (where < first + len(rows))
+            out[picked] = logprobs[where[picked] - first, target[picked]]
+        return out.tolist()
+
     def _score_chunk(
         self,
         chunk: list[tuple[int, list[int]]],
@@ -402,12 +455,7 @@ class GemmaEngine:
                 torch.tensor(positions, device=self.device),
                 segments,
             )
-            read = torch.tensor(read_rows, device=self.device)
-            target = torch.tensor(targets, device=self.device)
-            logits = self.model.logits(hidden[read], vocab_rows).float()  # [N, V] or [N, R]
-            if vocab_rows is not None:
-                target = torch.searchsorted(vocab_rows, target)
-            token_logprobs = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0].tolist()
+            token_logprobs = self._target_logprobs(hidden, read_rows, targets, vocab_rows)
         cursor = 0
         for index, full_prompt in chunk:
             per_candidate = []

@@ -303,9 +303,10 @@ class GemmaModel(nn.Module):
         return PrefixKV(tuple(tokens), tuple(k.clone() for k, _ in captured), tuple(v.clone() for _, v in captured))
 
     @torch.inference_mode()
-    def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One token for each running slot 0..B-1: tokens, positions [B] -> hidden states [B, D]."""
-        length = int(positions.max()) + 1
+    def forward_step(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, length: int) -> torch.Tensor:
+        """One token for each running slot 0..B-1: tokens, positions [B] -> hidden states [B, D].
+
+        ``length`` = max(positions) + 1, passed from the host so the step needs no device sync."""
         h = self._embed(tokens)
         for layer in self.layers:
             attn_out = layer.attn.forward_step(layer.input_norm(h), positions, self.rope, cache, length)

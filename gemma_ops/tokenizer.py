@@ -10,6 +10,10 @@ from pathlib import Path
 
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
+# Tokens that change what the model is doing when they appear in untrusted text.
+SPECIAL_TOKENS = frozenset(
+    {"<bos>", "<eos>", "<pad>", "<unk>", "<mask>", START_OF_TURN, END_OF_TURN, "<start_of_image>", "<end_of_image>"}
+)
 
 
 class GemmaTokenizer:
@@ -74,9 +78,27 @@ class GemmaTokenizer:
                 "input_ids"
             ]
             return [list(ids) for ids in encoded]
-        # SentencePiece never produces control symbols from text, so allow_special changes nothing here.
-        out = self._backend.encode(list(texts))
-        return [([self.bos_id] if add_bos else []) + list(ids) for ids in out]
+        out = [list(ids) for ids in self._backend.encode(list(texts))]
+        if not allow_special:  # Gemma's tokenizer.model matches its turn markers in raw text: spell them out
+            out = [self._spell_out_specials(ids) for ids in out]
+        return [([self.bos_id] if add_bos else []) + ids for ids in out]
+
+    def _spell_out_specials(self, ids: list[int]) -> list[int]:
+        """Replace each special piece (e.g. <start_of_turn>) by the pieces of its characters."""
+        sp = self._backend
+        plain: list[int] = []
+        for token_id in ids:
+            piece = sp.id_to_piece(token_id)
+            if piece not in SPECIAL_TOKENS:
+                plain.append(token_id)
+                continue
+            for char in piece:
+                char_id = sp.piece_to_id(char)
+                if char_id == sp.unk_id():  # not in the vocabulary as a piece: byte fallback
+                    plain.extend(sp.piece_to_id(f"<0x{byte:02X}>") for byte in char.encode("utf-8"))
+                else:
+                    plain.append(char_id)
+        return plain
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         if self._kind == "hf":

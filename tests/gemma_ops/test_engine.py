@@ -42,7 +42,8 @@ def test_cached_decoding_equals_full_recomputation(engine):
     step_logits: list[list[torch.Tensor]] = [[], []]
     for step in range(len(seqs[1]) - prompt_lens[1]):
         pos = [prompt_lens[0] + step, prompt_lens[1] + step]
-        hidden = model.forward_step(torch.tensor([seqs[0][pos[0]], seqs[1][pos[1]]]), torch.tensor(pos), cache)
+        step_tokens = torch.tensor([seqs[0][pos[0]], seqs[1][pos[1]]])
+        hidden = model.forward_step(step_tokens, torch.tensor(pos), cache, max(pos) + 1)
         logits = model.logits(hidden)
         step_logits[0].append(logits[0])
         step_logits[1].append(logits[1])
@@ -155,6 +156,22 @@ def test_generation_stops_at_context_end_and_stop_strings(engine):
     cut = engine.generate([_ids(61, 4)], SamplingParams(max_new_tokens=12, ignore_eos=True, stop=(stop,)))[0]
     assert cut.finish_reason == "stop"
     assert cut.text == free.text[: free.text.find(stop)]
+    # token_ids end with the token that completes the kept text, not with everything generated after it
+    kept = engine.tokenizer.decode(cut.token_ids)
+    assert kept.startswith(cut.text) and len(cut.token_ids) < len(free.token_ids)
+    if cut.text:  # the last kept token is the one that completes the text
+        assert len(engine.tokenizer.decode(cut.token_ids[:-1])) < len(cut.text)
+    else:  # the output began with the stop string
+        assert cut.token_ids == ()
+
+
+def test_scoring_fits_a_prompt_that_uses_the_whole_context(engine):
+    prompt = _ids(95, 63)  # 63 tokens + a 2-token candidate: the candidate's last token is never fed
+    cand = " very negative"
+    assert len(engine.tokenizer.encode(cand, add_bos=False)) == 2
+    row = engine.score([prompt], [cand])[0]
+    assert row.error is None and row[0] < 0
+    assert engine.score([_ids(96, 64)], [cand])[0].error  # one more token does not fit
 
 
 def test_score_with_a_shared_prefix_equals_full_forward(engine):
@@ -197,8 +214,11 @@ def test_cache_slots_are_capped_by_free_memory(tiny_checkpoints, monkeypatch):
     prompts = [_ids(90 + i, 5) for i in range(7)]
     params = SamplingParams(max_new_tokens=4, ignore_eos=True)
     outs = engine.generate(prompts, params)
-    assert engine._cache.max_slots == 3  # 7 requests ran through the 3 slots that fit
+    capped = engine._cache
+    assert capped.max_slots == 3  # 7 requests ran through the 3 slots that fit
     assert [o.token_ids for o in outs] == [engine.generate([p], params)[0].token_ids for p in prompts]
+    engine.generate(prompts, params)
+    assert engine._cache is capped  # later calls keep the capped cache instead of re-sizing it every time
     monkeypatch.setattr(engine_module, "_free_memory_bytes", lambda device: per_slot // 2)
     engine._cache = None
     with pytest.raises(MemoryError, match="lower max_context"):

@@ -160,6 +160,14 @@ def test_configs_of_each_family_from_published_style_json():
             {"model_type": "gemma2", "hidden_activation": "relu", "hidden_size": 8},
             "hidden activation 'relu' is not supported",
         ),
+        (  # for Gemma 2/3 transformers reads "gelu" as the exact GELU, which this decoder does not run
+            {"model_type": "gemma3_text", "hidden_activation": "gelu", "hidden_size": 8},
+            "hidden activation 'gelu' is not supported for gemma3_text",
+        ),
+        (
+            {"model_type": "gemma3_text", "use_bidirectional_attention": True, "hidden_size": 8},
+            "use_bidirectional_attention",
+        ),
     ],
 )
 def test_unsupported_configs_are_rejected(raw, message):
