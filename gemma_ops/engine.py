@@ -249,9 +249,10 @@ class GemmaEngine:
                     request.slot = len(running)
                     running.append(request)
                 self._prefill(admitted, cache)
-            else:
+                self._retire(running, cache, results)
+            if running:  # a refill does not hold up the requests already decoding
                 self._decode(running, cache)
-            self._retire(running, cache, results)
+                self._retire(running, cache, results)
 
     def _admit(self, waiting: deque[_Running], n_running: int, max_slots: int) -> list[_Running]:
         admitted: list[_Running] = []
