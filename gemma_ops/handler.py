@@ -157,6 +157,8 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
             max_prompt_tokens=self._max_prompt_tokens,
             overflow=self._overflow,
             load_seconds=seconds,
+            # a gs:// model is loaded from a cache folder named by a digest: the rows name the source instead
+            model_name=self._model.rstrip("/") if self._model.startswith("gs://") else None,
         )
 
     def run_inference(

@@ -59,13 +59,15 @@ class EngineRunner:
         max_prompt_tokens: int | None = None,
         overflow: Overflow = "truncate",
         load_seconds: float = 0.0,
+        model_name: str | None = None,
     ) -> None:
+        """``model_name``: the lineage name for rows (default: the engine's, i.e. the checkpoint folder's)."""
         if prompt_style not in ("auto", "completion", "chat"):
             raise ValueError(f"prompt_style must be auto, completion or chat, got {prompt_style!r}")
         if overflow not in ("truncate", "error"):
             raise ValueError(f"overflow must be 'truncate' or 'error', got {overflow!r}")
         self._engine = engine
-        self._model_name = str(engine.model_name)
+        self._model_name = model_name or str(engine.model_name)
         self._tokenizer = engine.tokenizer
         if prompt_style == "auto":
             prompt_style = "chat" if self._tokenizer.has_chat_template else "completion"
@@ -184,31 +186,36 @@ class EngineRunner:
         return before, after
 
     def _encode(self, document: str, template: PromptTemplate, reserve: int) -> tuple[list[int], bool]:
-        """Token ids of the full prompt, cutting the document (never the instructions) when it is too long."""
+        """Token ids of the full prompt, cutting the document (never the instructions) when it is too long.
+
+        The template is ours and may hold control tokens (the chat turn markers); the document is untrusted,
+        so it is encoded on its own with ``allow_special=False``: a literal "<start_of_turn>" in a record
+        becomes plain characters and can never open a turn or end the prompt's delimiters early.
+        """
         prefix, suffix = self._parts(template)
         limit = self._engine.max_context - reserve
         if self._max_prompt_tokens is not None:
             limit = min(limit, self._max_prompt_tokens)
-        ids = self._tokenizer.encode(prefix + document + suffix)
-        if len(ids) <= limit:
-            return ids, False
+        head = self._tokenizer.encode(prefix)
+        body = self._tokenizer.encode(document, add_bos=False, allow_special=False)
+        tail = self._tokenizer.encode(suffix, add_bos=False)
+        total = len(head) + len(body) + len(tail)
+        if total <= limit:
+            return head + body + tail, False
         if self._overflow == "error":
             raise PromptTooLong(
-                f"prompt has {len(ids)} tokens, over the limit of {limit} "
+                f"prompt has {total} tokens, over the limit of {limit} "
                 f"(context {self._engine.max_context} "
                 f"minus {reserve} reserved for the output, or --max_prompt_tokens); "
-                "shorten the record or allow truncation"
+                "shorten the record, raise --max_prompt_tokens or pass --on_overflow truncate"
             )
-        head = self._tokenizer.encode(prefix)
-        tail = self._tokenizer.encode(suffix, add_bos=False)
         room = limit - len(head) - len(tail)
         if room <= 0:
             raise PromptTooLong(
                 f"the prompt template alone needs {len(head) + len(tail)} tokens but only {limit} fit; "
                 "lower --max_new_tokens or raise --max_prompt_tokens"
             )
-        body = self._tokenizer.encode(document, add_bos=False)[:room]
-        return head + body + tail, True
+        return head + body[:room] + tail, True
 
     def _prior(self, request: ScoreRequest) -> tuple[float, ...] | None:
         if not request.calibration_documents:

@@ -29,6 +29,15 @@ class RecordSpec:
     text_field: str = "text"
     id_field: str = "id"
     max_record_bytes: int = 1_000_000
+    # A record over max_record_bytes: "error" dead-letters it, "truncate" cuts its text to fit and marks the
+    # row ``truncated`` (the --on_overflow policy, which also governs prompts over --max_prompt_tokens).
+    on_overflow: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.on_overflow not in ("truncate", "error"):
+            raise ValueError(f"on_overflow must be 'truncate' or 'error', got {self.on_overflow!r}")
+        if self.max_record_bytes < 1:
+            raise ValueError(f"max_record_bytes must be >= 1, got {self.max_record_bytes}")
 
 
 def stable_id(obj: dict[str, Any]) -> str:
@@ -37,8 +46,40 @@ def stable_id(obj: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def to_record(obj: Any, spec: RecordSpec, source: str) -> Record:
-    """Validate one decoded object; ValueError says what is wrong with it."""
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` whose UTF-8 encoding fits in ``max_bytes`` (never half a character)."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def _oversize_letter(what: str, size: int, spec: RecordSpec, known_id: str | None, source: str) -> DeadLetter:
+    return DeadLetter(
+        known_id,
+        "read",
+        f"{what} is {size} bytes, over --max_record_bytes={spec.max_record_bytes}; "
+        "raise the limit or pass --on_overflow truncate to keep its start",
+        preview(source),
+    )
+
+
+def _require_valid_unicode(record_id: str, extra: dict[str, Any]) -> None:
+    """JSON's \\uXXXX escapes can hold lone surrogates, which no UTF-8 sink can write: refuse them here (the text
+    field has them stripped) rather than fail the whole write step later."""
+    for name, value in (("id", record_id), ("extra fields", extra)):
+        try:
+            json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"{name} holds a lone surrogate {err.object[err.start : err.end]!r} (an unpaired \\ud800-\\udfff "
+                "escape), which is not valid Unicode; fix the program that wrote this record"
+            ) from None
+
+
+def to_record(obj: Any, spec: RecordSpec, source: str, oversized: bool = False) -> Record:
+    """Validate one decoded object; ValueError says what is wrong with it.
+
+    ``oversized``: the record was over --max_record_bytes and the policy is truncate, so its text is cut to
+    that many bytes and the Record says ``truncated``.
+    """
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     raw_id = obj.get(spec.id_field)
@@ -55,19 +96,19 @@ def to_record(obj: Any, spec: RecordSpec, source: str) -> Record:
     text = strip_control_chars(text).strip()
     if not text:
         raise ValueError(f"text field {spec.text_field!r} is empty")
+    truncated = oversized and len(text.encode("utf-8")) > spec.max_record_bytes
+    if truncated:
+        text = cut_utf8(text, spec.max_record_bytes).rstrip()
     extra = {k: v for k, v in obj.items() if k not in (spec.text_field, spec.id_field)}
-    return Record(id=record_id, text=text, extra=extra, source=preview(source))
+    _require_valid_unicode(record_id, extra)
+    return Record(id=record_id, text=text, extra=extra, source=preview(source), truncated=truncated)
 
 
 def parse_line(raw: bytes, spec: RecordSpec) -> Record | DeadLetter | None:
     """One JSONL line -> a Record, a DeadLetter (stage "read" or "validate"), or None for a blank line."""
-    if len(raw) > spec.max_record_bytes:
-        return DeadLetter(
-            None,
-            "read",
-            f"line is {len(raw)} bytes, over --max_record_bytes={spec.max_record_bytes}",
-            preview(raw[:4096].decode("utf-8", errors="replace")),
-        )
+    oversized = len(raw) > spec.max_record_bytes
+    if oversized and spec.on_overflow == "error":
+        return _oversize_letter("line", len(raw), spec, None, raw[:4096].decode("utf-8", errors="replace"))
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -82,7 +123,7 @@ def parse_line(raw: bytes, spec: RecordSpec) -> Record | DeadLetter | None:
     except json.JSONDecodeError as err:
         return DeadLetter(None, "read", f"malformed JSON: {err}", preview(line))
     try:
-        return to_record(obj, spec, line)
+        return to_record(obj, spec, line, oversized=oversized)
     except ValueError as err:
         known_id = obj.get(spec.id_field) if isinstance(obj, dict) else None
         ok_id = str(known_id) if isinstance(known_id, (str, int, float)) else None
@@ -139,11 +180,16 @@ class _ReadParquetFile(beam.DoFn):
 
     def _row(self, row: dict[str, Any], path: str):
         source = json.dumps(row, ensure_ascii=False, default=str)
+        raw_id = row.get(self._spec.id_field)
+        known = str(raw_id) if isinstance(raw_id, (str, int, float)) else None
+        size = len(source.encode("utf-8", errors="replace"))
+        oversized = size > self._spec.max_record_bytes
+        if oversized and self._spec.on_overflow == "error":
+            yield beam.pvalue.TaggedOutput(ERRORS_TAG, _oversize_letter("row", size, self._spec, known, source))
+            return
         try:
-            yield to_record(row, self._spec, source)
+            yield to_record(row, self._spec, source, oversized=oversized)
         except ValueError as err:
-            raw_id = row.get(self._spec.id_field)
-            known = str(raw_id) if isinstance(raw_id, (str, int, float)) else None
             yield beam.pvalue.TaggedOutput(
                 ERRORS_TAG, DeadLetter(known, "validate", f"{err} (in {path})", preview(source))
             )
@@ -191,6 +237,17 @@ def _to_json(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, default=str)
 
 
+def error_json(letter: DeadLetter) -> str:
+    """A dead letter as one JSON line; ASCII-escaped when it holds lone surrogates (a bad record's id, say),
+    which the UTF-8 text sink could not write and the whole errors file would be lost with it."""
+    line = _to_json(letter.to_dict())
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(letter.to_dict(), ensure_ascii=True, default=str)
+    return line
+
+
 def _result_to_json(row: dict[str, Any]) -> str:
     """A result row as JSON; the pass-through fields go back to being an object (Parquet keeps a string)."""
     return _to_json({**row, "extra": json.loads(row["extra"])})
@@ -233,7 +290,7 @@ class WriteErrors(beam.PTransform):
         return (
             letters
             | "CountErrors" >> beam.Map(_count_error)
-            | "ErrorsToJson" >> beam.Map(lambda letter: _to_json(letter.to_dict()))
+            | "ErrorsToJson" >> beam.Map(error_json)
             | "WriteErrors" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl", num_shards=self._num_shards)
         )
 

@@ -8,6 +8,7 @@ into a typed row, and declare the row's Arrow schema. Tasks hold no Beam or torc
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from abc import ABC, abstractmethod
@@ -40,6 +41,7 @@ class Record:
     text: str
     extra: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # the raw input, truncated: what a dead letter shows
+    truncated: bool = False  # the text was cut to --max_record_bytes (--on_overflow truncate)
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,21 @@ def prompt_safe(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities (Python's JSON reader accepts them, Parquet floats hold them) as null: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def extra_json(extra: dict[str, Any]) -> str:
-    """Pass-through fields as one JSON object string (values that JSON lacks, such as dates, as strings)."""
-    return json.dumps(extra, ensure_ascii=False, sort_keys=True, default=str)
+    """Pass-through fields as one strict JSON object string (dates and other non-JSON values as strings,
+    non-finite numbers as null), so every JSON reader and BigQuery's JSON type can parse it."""
+    return json.dumps(_finite(extra), ensure_ascii=False, sort_keys=True, default=str, allow_nan=False)
 
 
 LINEAGE_FIELDS = [
@@ -121,7 +135,7 @@ class Task(ABC):
         row = {"id": record.id, "task": self.name}
         row.update(self.task_columns(response))
         row.update(
-            truncated=response.truncated,
+            truncated=response.truncated or record.truncated,
             model=response.model,
             prompt_tokens=response.prompt_tokens,
             output_tokens=output_tokens,

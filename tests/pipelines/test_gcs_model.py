@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from pathlib import Path
 
@@ -18,33 +17,18 @@ FILES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def gcs(monkeypatch):
-    from gcp_storage_emulator.server import create_server
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True)
-    server.start()
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
-    client = storage.Client(project="test", credentials=AnonymousCredentials())
-    bucket = client.create_bucket("models")
+def models(gcs):
+    """The emulator (tests/conftest.py) with a model folder at gs://models/gemma/v1."""
+    bucket = gcs.create_bucket("models")
     for name, data in FILES.items():
         bucket.blob(f"gemma/v1/{name}").upload_from_string(data)
     bucket.blob("gemma/v1/").upload_from_string(b"")  # a console-made "folder" placeholder
-    yield client, bucket
-    server.stop()
+    return gcs, bucket
 
 
-def test_copies_the_folder_once_and_reuses_it(gcs, tmp_path):
-    client, _ = gcs
+def test_copies_the_folder_once_and_reuses_it(models, tmp_path):
+    client, _ = models
     local = fetch_gcs_checkpoint("gs://models/gemma/v1", tmp_path, client=client)
     copied = {str(p.relative_to(local)): p.read_bytes() for p in local.rglob("*") if p.is_file()}
     assert {k: v for k, v in copied.items() if k != MANIFEST} == FILES
@@ -52,16 +36,16 @@ def test_copies_the_folder_once_and_reuses_it(gcs, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [local.name]  # no staging folders left behind
 
 
-def test_a_changed_folder_gets_a_fresh_copy(gcs, tmp_path):
-    client, bucket = gcs
+def test_a_changed_folder_gets_a_fresh_copy(models, tmp_path):
+    client, bucket = models
     first = fetch_gcs_checkpoint("gs://models/gemma/v1", tmp_path, client=client)
     bucket.blob("gemma/v1/config.json").upload_from_string(b'{"model_type": "gemma3_text", "v": 2}')
     second = fetch_gcs_checkpoint("gs://models/gemma/v1", tmp_path, client=client)
     assert second != first and (second / "config.json").read_bytes().endswith(b'"v": 2}')
 
 
-def test_concurrent_fetches_agree(gcs, tmp_path):
-    client, _ = gcs
+def test_concurrent_fetches_agree(models, tmp_path):
+    client, _ = models
     results: list[Path] = []
     threads = [
         threading.Thread(
@@ -77,8 +61,8 @@ def test_concurrent_fetches_agree(gcs, tmp_path):
     assert len(list(tmp_path.iterdir())) == 1
 
 
-def test_missing_or_incomplete_folders_fail_clearly(gcs, tmp_path):
-    client, bucket = gcs
+def test_missing_or_incomplete_folders_fail_clearly(models, tmp_path):
+    client, bucket = models
     with pytest.raises(FileNotFoundError, match="no objects under this prefix"):
         fetch_gcs_checkpoint("gs://models/nothing-here", tmp_path, client=client)
     bucket.blob("weights-only/model.safetensors").upload_from_string(b"x")

@@ -83,7 +83,12 @@ def test_bad_lines_become_dead_letters(raw, stage, error, known_id):
 def test_oversized_line_is_dead_lettered_with_a_truncated_input():
     raw = json.dumps({"id": "big", "text": "x" * 5000}).encode()
     letter = parse_line(raw, RecordSpec(max_record_bytes=1000))
-    assert letter.stage == "read" and letter.error == f"line is {len(raw)} bytes, over --max_record_bytes=1000"
+    assert (
+        letter.stage == "read"
+        and letter.error
+        == f"line is {len(raw)} bytes, over --max_record_bytes=1000; "
+        "raise the limit or pass --on_overflow truncate to keep its start"
+    )
     assert len(letter.input) < 2100 and letter.input.endswith("more chars]")
 
 

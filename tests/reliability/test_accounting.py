@@ -65,7 +65,8 @@ def test_messy_input_adds_up_in_files_summary_and_counters(messy, tmp_path):
     ]
     assert sorted(e["error"].split(":")[0] for e in errors if e["stage"] == "read") == [
         "invalid UTF-8 at byte 26",
-        f"line is {len(MESSY[11])} bytes, over --max_record_bytes=2000",
+        f"line is {len(MESSY[11])} bytes, over --max_record_bytes=2000; raise the limit or pass --on_overflow "
+        "truncate to keep its start",
         "malformed JSON",
         "malformed JSON",
     ]

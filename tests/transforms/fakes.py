@@ -27,11 +27,11 @@ class FakeTokenizer:
     def __init__(self, chat: bool = False) -> None:
         self.has_chat_template = chat
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+    def encode(self, text: str, add_bos: bool = True, allow_special: bool = True) -> list[int]:
         return ([2] if add_bos else []) + [ord(c) + 10 for c in text]
 
-    def encode_batch(self, texts: Sequence[str], add_bos: bool = True) -> list[list[int]]:
-        return [self.encode(t, add_bos) for t in texts]
+    def encode_batch(self, texts: Sequence[str], add_bos: bool = True, allow_special: bool = True) -> list[list[int]]:
+        return [self.encode(t, add_bos, allow_special) for t in texts]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return "".join(chr(i - 10) for i in ids if i >= 10)
