@@ -74,30 +74,43 @@ class GemmaTokenizer:
         """Token ids per text. ``allow_special=False`` is for untrusted text: a literal "<start_of_turn>" in a
         record is then tokenized as plain characters and cannot open a turn."""
         if self._kind == "hf":
-            encoded = self._backend(list(texts), add_special_tokens=add_bos, split_special_tokens=not allow_special)[
-                "input_ids"
-            ]
-            return [list(ids) for ids in encoded]
-        out = [list(ids) for ids in self._backend.encode(list(texts))]
-        if not allow_special:  # Gemma's tokenizer.model matches its turn markers in raw text: spell them out
+            encoded = self._backend(list(texts), add_special_tokens=False, split_special_tokens=not allow_special)
+            out = [list(ids) for ids in encoded["input_ids"]]
+        else:
+            out = [list(ids) for ids in self._backend.encode(list(texts))]
+        if not allow_special:  # markers the vocabulary matches in raw text anyway (turns, images): spell out
             out = [self._spell_out_specials(ids) for ids in out]
         return [([self.bos_id] if add_bos else []) + ids for ids in out]
 
+    def _piece(self, token_id: int) -> str:
+        if self._kind == "hf":
+            return self._backend.convert_ids_to_tokens(token_id)
+        return self._backend.id_to_piece(token_id)
+
+    def _piece_id(self, piece: str) -> int | None:
+        if self._kind == "hf":
+            token_id = self._backend.convert_tokens_to_ids(piece)
+            return None if token_id is None or token_id == self._backend.unk_token_id else int(token_id)
+        token_id = self._backend.piece_to_id(piece)
+        return None if token_id == self._backend.unk_id() else token_id
+
     def _spell_out_specials(self, ids: list[int]) -> list[int]:
         """Replace each special piece (e.g. <start_of_turn>) by the pieces of its characters."""
-        sp = self._backend
         plain: list[int] = []
         for token_id in ids:
-            piece = sp.id_to_piece(token_id)
+            piece = self._piece(token_id)
             if piece not in SPECIAL_TOKENS:
                 plain.append(token_id)
                 continue
             for char in piece:
-                char_id = sp.piece_to_id(char)
-                if char_id == sp.unk_id():  # not in the vocabulary as a piece: byte fallback
-                    plain.extend(sp.piece_to_id(f"<0x{byte:02X}>") for byte in char.encode("utf-8"))
-                else:
+                char_id = self._piece_id(char)
+                if char_id is not None:
                     plain.append(char_id)
+                    continue
+                byte_ids = [self._piece_id(f"<0x{byte:02X}>") for byte in char.encode("utf-8")]
+                if None in byte_ids:
+                    raise ValueError(f"cannot spell out {piece!r}: the vocabulary has no piece for {char!r}")
+                plain.extend(byte_ids)
         return plain
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:

@@ -89,10 +89,11 @@ def add_job_arguments(parser, labels_flag: str = LABELS_FLAG) -> None:
     add("--max_prompt_tokens", type=int, default=None,
         help="Cap on prompt tokens per record (default: the model's context minus the output).")  # fmt: skip
     add("--on_overflow", choices=OVERFLOW_POLICIES, default="truncate",
-        help="A prompt over the limit: truncate the record's text (truncated=true) "
-        "or dead-letter it.")  # fmt: skip
+        help="A record over --max_record_bytes or a prompt over --max_prompt_tokens: truncate the "
+        "record's text (truncated=true) or dead-letter it.")  # fmt: skip
     add("--max_record_bytes", type=int, default=1_000_000,
-        help="Input lines/rows larger than this become dead letters.")  # fmt: skip
+        help="Input lines/rows larger than this: their text is cut to fit (truncated=true) or, with "
+        "--on_overflow error, they become dead letters.")  # fmt: skip
     add("--device", default=None, help="Torch device for the engine (default: cuda if present, else cpu).")
     add(
         "--dtype",

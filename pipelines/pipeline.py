@@ -60,7 +60,7 @@ def build_pipeline(
 ) -> JobOutputs:
     """Add the whole job to ``pipeline``; ``handler`` replaces the Gemma handler (tests use a fake one)."""
     task = make_task(config)
-    spec = RecordSpec(config.text_field, config.id_field, config.max_record_bytes)
+    spec = RecordSpec(config.text_field, config.id_field, config.max_record_bytes, config.on_overflow)
     records, read_errors = pipeline | "Read" >> ReadRecords(config.input, spec, config.input_format)
     rows, task_errors = records | "Infer" >> InferTask(task, handler or make_handler(config), config.run_id)
     if progress:
