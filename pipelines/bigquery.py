@@ -291,6 +291,40 @@ def partition_sink(
     )
 
 
+def clear_partition(partition: str) -> None:
+    """Delete one date partition, ``project:dataset.table$YYYYMMDD``, through the client Beam's own sink
+    uses (same credentials and endpoint); a table that does not exist yet is fine."""
+    from apache_beam.io.gcp.bigquery_tools import BigQueryWrapper
+
+    project, rest = partition.split(":", 1)
+    dataset, table_id = rest.split(".", 1)
+    BigQueryWrapper()._delete_table(project, dataset, table_id)
+
+
+class ClearPartitionIfEmpty(beam.PTransform):
+    """When a run has no rows for a table, delete the run's partition of it.
+
+    Beam issues no load job for an empty PCollection, so WRITE_TRUNCATE alone would leave an earlier run's
+    rows for that date in place (e.g. yesterday's dead letters after a clean rerun).
+    """
+
+    def __init__(self, table: TableRef, run_date: datetime.date) -> None:
+        super().__init__()
+        self._table = table
+        self._run_date = run_date
+
+    def expand(self, rows):
+        table, run_date = self._table, self._run_date
+
+        def clear_if_empty(_, count: int) -> int:
+            if count == 0:
+                clear_partition(table.partition(run_date))
+            return count
+
+        count = beam.pvalue.AsSingleton(rows | "Count" >> beam.combiners.Count.Globally())
+        return rows.pipeline | "Once" >> beam.Create([None]) | "ClearIfEmpty" >> beam.Map(clear_if_empty, count=count)
+
+
 class ValidateForBigQuery(beam.PTransform):
     """Task rows -> (rows converted for the table, dead letters for rows that break its schema).
 
@@ -324,6 +358,7 @@ class LoadPartition(beam.PTransform):
         self._temp_location = temp_location
 
     def expand(self, rows):
+        _ = rows | "ClearIfEmpty" >> ClearPartitionIfEmpty(self._table, self._run_date)
         return rows | "LoadPartition" >> partition_sink(self._table, self._schema, self._run_date, self._temp_location)
 
 
@@ -362,6 +397,7 @@ class WriteErrorsToBigQuery(beam.PTransform):
 
     def expand(self, letters):
         run_id, run_date = self._run_id, self._run_date
+        _ = letters | "ClearIfEmpty" >> ClearPartitionIfEmpty(self._table, run_date)
         return (
             letters
             | "ErrorRows" >> beam.Map(lambda letter: dead_letter_row(letter, run_id, run_date))

@@ -4,7 +4,6 @@ real engine on a tiny random Gemma 3 checkpoint."""
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import apache_beam as beam
@@ -26,6 +25,7 @@ from gemma_ops.batch_requests import (
 from gemma_ops.handler import GemmaModelHandler, pick_gpu
 from gemma_ops.runner import EngineRunner
 from gemma_ops.sampling import SamplingParams
+from tests.tiny_models import build_tiny_checkpoint
 from tests.transforms.fakes import FakeEngine, fake_engine_factory, fake_resolver
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -159,37 +159,10 @@ def test_run_inference_keyed_one_result_per_element_in_order():
 # ------------------------------------------------------------------------------- real engine, tiny model
 
 
-def build_tiny_gemma3(folder: Path) -> Path:
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    from gemma_ops.checkpoints import default_model_path
-
-    config = Gemma3TextConfig(
-        vocab_size=262144,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=256,
-        sliding_window=16,
-        layer_types=["sliding_attention", "full_attention"],
-        bos_token_id=2,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    Gemma3ForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(default_model_path() / name, folder / name)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3"))
+    # a 256-token context, so a 400-word document has to be truncated
+    return build_tiny_checkpoint("gemma3", tmp_path_factory.mktemp("tiny") / "gemma3", max_position_embeddings=256)
 
 
 def test_run_inference_with_the_real_engine_on_a_tiny_model(tiny_model):

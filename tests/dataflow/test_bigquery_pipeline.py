@@ -27,9 +27,9 @@ LINES = [
 ]
 
 
-def run_job(emulators, tmp_path, dataset: str, **overrides) -> None:
+def run_job(emulators, tmp_path, dataset: str, lines=tuple(LINES), **overrides) -> None:
     source = tmp_path / "in.jsonl"
-    source.write_text("\n".join(LINES) + "\n")
+    source.write_text("\n".join(lines) + "\n")
     config = JobConfig(
         input=str(source),
         output=str(tmp_path / "out"),
@@ -58,6 +58,12 @@ def test_results_and_dead_letters_land_in_bigquery_and_a_rerun_replaces_them(emu
         assert results == [("a", "positive", "run-1", RUN_DATE), ("b", "negative", "run-1", RUN_DATE)], attempt
         errors = rows_of(emulators.client, "SELECT id, stage FROM job.sentiment_errors ORDER BY stage")
         assert errors == [("c", "inference"), (None, "read")], attempt
+    # A clean rerun of the date has no dead letters: the partition's old ones go (Beam loads nothing then).
+    run_job(emulators, tmp_path, "job", lines=LINES[:2])
+    assert rows_of(emulators.client, "SELECT id FROM job.sentiment ORDER BY id") == [("a",), ("b",)]
+    tables = {t.table_id for t in emulators.client.list_tables("job")}
+    assert "sentiment_errors" not in tables or not rows_of(emulators.client, "SELECT id FROM job.sentiment_errors")
+    run_job(emulators, tmp_path, "job")  # restore the first run's files for the checks below
     # Dead letters are also files in --output, and no results-* files are written for a BigQuery job.
     files = glob.glob(str(tmp_path / "out" / "errors-*.jsonl"))
     letters = [json.loads(line) for f in files for line in Path(f).read_text().splitlines()]

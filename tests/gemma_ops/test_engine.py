@@ -9,8 +9,7 @@ from transformers import AutoModelForCausalLM
 from gemma_ops import GemmaEngine, SamplingParams
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.model import Segment
-
-from .conftest import WINDOW
+from tests.tiny_models import WINDOW
 
 
 @pytest.fixture(scope="module", params=["gemma-mqa", "gemma2", "gemma3"])

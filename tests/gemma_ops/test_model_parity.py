@@ -8,8 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from gemma_ops.model import Segment
 from gemma_ops.weights import load_model
-
-from .conftest import FAMILIES, WINDOW
+from tests.tiny_models import FAMILIES, WINDOW
 
 
 def _hf_logits(path, family: str, ids: list[int]) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from gemma_ops.handler import LOAD_MARKER_ENV, GemmaModelHandler
-from tests.test_handler import build_tiny_gemma3
+from tests.tiny_models import build_tiny_checkpoint
 from transforms.base import InferTask, Record
 from transforms.sentiment import SentimentTask
 
@@ -21,7 +21,7 @@ RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-mp"))
+    return build_tiny_checkpoint("gemma3", tmp_path_factory.mktemp("tiny-mp") / "gemma3")
 
 
 def _touch(folder: str, element) -> None:

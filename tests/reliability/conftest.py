@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gemma_ops.conftest import build_tiny_checkpoint
+from tests.tiny_models import build_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
