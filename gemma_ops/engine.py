@@ -39,8 +39,7 @@ class EngineConfig:
     max_slots: int = 64  # requests decoding at once (KV-cache slots)
     max_batch_tokens: int = 4096  # prompt tokens prefilled in one step (a longer single prompt runs alone)
     max_context: int = 4096
-    min_shared_prefix: int = 16  # score(): prompts sharing this many leading tokens compute them once
-    max_cached_prefixes: int = 4  # shared prefixes kept between calls (a pipeline repeats its template)
+    max_cached_prefixes: int = 4  # score(shared_prefix=...) keys/values kept between calls
 
     def __post_init__(self) -> None:
         for name in ("max_slots", "max_batch_tokens", "max_context"):
@@ -334,7 +333,12 @@ class GemmaEngine:
 
     # ----------------------------------------------------------------------------------------- scoring
     def score(
-        self, prompts: Sequence[Prompt], candidates: Sequence[str], *, restrict_vocab: bool = False
+        self,
+        prompts: Sequence[Prompt],
+        candidates: Sequence[str],
+        *,
+        restrict_vocab: bool = False,
+        shared_prefix: Sequence[int] | None = None,
     ) -> list[ScoreResult]:
         """log P(candidate | prompt) for every prompt x candidate.
 
@@ -342,6 +346,10 @@ class GemmaEngine:
         ``restrict_vocab`` the distribution at each position is taken over the candidates' tokens only (only
         those rows of the output layer are computed): the right quantity for choosing among the candidates,
         and far cheaper than the full vocabulary.
+
+        ``shared_prefix``: token ids that prompts start with (a few-shot template): their keys and values are
+        computed once and kept for later calls. A prompt's result depends only on the prompt and on this
+        split, never on which other prompts share the call.
         """
         if isinstance(prompts, str):
             raise TypeError("score takes a list of prompts; wrap a single prompt in a list")
@@ -352,50 +360,44 @@ class GemmaEngine:
         if empty:
             raise ValueError(f"candidates tokenize to nothing: {empty}")
         room = max(len(ids) for ids in cand_ids) - 1  # the last candidate token is predicted, never fed
-        rows = torch.tensor(sorted({t for ids in cand_ids for t in ids}), device=self.device)
+        rows = (
+            torch.tensor(sorted({t for ids in cand_ids for t in ids}), device=self.device) if restrict_vocab else None
+        )
+        prefix_ids = tuple(int(t) for t in shared_prefix) if shared_prefix else ()
         results: list[ScoreResult | None] = [None] * len(prompts)
-        valid: list[tuple[int, list[int]]] = []
+        groups: dict[bool, list[tuple[int, list[int]]]] = {True: [], False: []}  # extends the prefix?
         for index, (prompt, ids) in enumerate(zip(prompts, self._prompt_ids(prompts), strict=True)):
             error = self._prompt_error(prompt, ids, room=room)
             if error is not None:
                 results[index] = ScoreResult((), len(ids), error)
-            else:
-                valid.append((index, ids))
-        prefix = self._shared_prefix([ids for _, ids in valid])
-        skip = prefix.length if prefix is not None else 0
-        chunk: list[tuple[int, list[int]]] = []
-        chunk_tokens = 0
-        branch_tokens = sum(len(ids) - 1 for ids in cand_ids)
-        for index, ids in valid:
-            size = len(ids) - skip + branch_tokens
-            if chunk and chunk_tokens + size > self.config.max_batch_tokens:
-                self._score_chunk(chunk, cand_ids, rows if restrict_vocab else None, prefix, results)
-                chunk, chunk_tokens = [], 0
-            chunk.append((index, ids))
-            chunk_tokens += size
-        if chunk:
-            self._score_chunk(chunk, cand_ids, rows if restrict_vocab else None, prefix, results)
+            else:  # the prompt's last token stays outside the prefix: its hidden state predicts the candidates
+                groups[
+                    bool(prefix_ids) and len(ids) > len(prefix_ids) and tuple(ids[: len(prefix_ids)]) == prefix_ids
+                ].append((index, ids))
+        for uses_prefix, members in groups.items():
+            prefix = self._prefix_kv(prefix_ids) if uses_prefix and members else None
+            skip = prefix.length if prefix is not None else 0
+            chunk: list[tuple[int, list[int]]] = []
+            chunk_tokens = 0
+            branch_tokens = sum(len(ids) - 1 for ids in cand_ids)
+            for index, ids in members:
+                size = len(ids) - skip + branch_tokens
+                if chunk and chunk_tokens + size > self.config.max_batch_tokens:
+                    self._score_chunk(chunk, cand_ids, rows, prefix, results)
+                    chunk, chunk_tokens = [], 0
+                chunk.append((index, ids))
+                chunk_tokens += size
+            if chunk:
+                self._score_chunk(chunk, cand_ids, rows, prefix, results)
         return [r for r in results if r is not None]
 
-    def _shared_prefix(self, prompts: list[list[int]]) -> PrefixKV | None:
-        """Keys/values of the prompts' common token prefix (e.g. few-shot examples), computed once and kept.
-
-        Each prompt keeps at least its last token outside the prefix: that token's hidden state predicts the
-        candidates. A kept prefix serves later calls whose prompts all extend it.
-        """
-        for cached in self._prefixes:
-            n = cached.length
-            if prompts and all(len(p) > n and tuple(p[:n]) == cached.tokens for p in prompts):
+    def _prefix_kv(self, tokens: tuple[int, ...]) -> PrefixKV:
+        """Keys/values of a shared prefix, from the small most-recently-used store or computed once."""
+        for i, cached in enumerate(self._prefixes):
+            if cached.tokens == tokens:
+                self._prefixes.insert(0, self._prefixes.pop(i))
                 return cached
-        if len(prompts) < 2:
-            return None
-        first = prompts[0]
-        length = min(len(p) for p in prompts) - 1
-        for other in prompts[1:]:
-            length = next((i for i in range(length) if other[i] != first[i]), length)
-        if length < self.config.min_shared_prefix:
-            return None
-        prefix = self.model.encode_prefix(first[:length])
+        prefix = self.model.encode_prefix(list(tokens))
         self._prefixes = [prefix, *self._prefixes[: self.config.max_cached_prefixes - 1]]
         return prefix
 

@@ -77,6 +77,7 @@ class EngineRunner:
         self._load_seconds = load_seconds
         self._lock = threading.Lock()
         self._priors: dict[tuple, tuple[float, ...]] = {}
+        self._heads: dict[PromptTemplate, tuple[int, ...]] = {}
         self._max_call: int | None = None  # requests per engine call; set (and halved) by out-of-memory errors
         self.oom_retries = 0
 
@@ -102,7 +103,9 @@ class EngineRunner:
                 else:
                     generate_ids.append(i)
             for candidates, indices in score_groups.items():
-                results = self._score([encoded[i][0] for i in indices], list(candidates))
+                heads = {self._head(requests[i].template) for i in indices}
+                head = heads.pop() if len(heads) == 1 else None
+                results = self._score([encoded[i][0] for i in indices], list(candidates), head)
                 for i, result in zip(indices, results, strict=True):
                     responses[i] = self._score_response(requests[i], result, encoded[i][1])
             if generate_ids:
@@ -128,8 +131,19 @@ class EngineRunner:
 
     # -- helpers
 
-    def _score(self, prompts: list[list[int]], candidates: list[str]) -> list[Any]:
-        return self._shrinking(prompts, lambda chunk: self._engine.score(chunk, candidates, restrict_vocab=True))
+    def _score(self, prompts: list[list[int]], candidates: list[str], head: tuple[int, ...] | None) -> list[Any]:
+        """Score with the template's head as the shared prefix: computed once, and each prompt's scores then
+        depend on that prompt alone, never on its batch-mates."""
+        return self._shrinking(
+            prompts,
+            lambda chunk: self._engine.score(chunk, candidates, restrict_vocab=True, shared_prefix=head),
+        )
+
+    def _head(self, template: PromptTemplate) -> tuple[int, ...]:
+        """Token ids of the template before the document (BOS included): every prompt of it starts so."""
+        if template not in self._heads:
+            self._heads[template] = tuple(self._tokenizer.encode(self._parts(template)[0]))
+        return self._heads[template]
 
     def _shrinking(self, items: list[_Item], call: Callable[[list[_Item]], list[_Result]]) -> list[_Result]:
         """``call`` over ``items`` in chunks; an out-of-memory error halves the chunk size and retries.
@@ -192,11 +206,11 @@ class EngineRunner:
         so it is encoded on its own with ``allow_special=False``: a literal "<start_of_turn>" in a record
         becomes plain characters and can never open a turn or end the prompt's delimiters early.
         """
-        prefix, suffix = self._parts(template)
+        suffix = self._parts(template)[1]
         limit = self._engine.max_context - reserve
         if self._max_prompt_tokens is not None:
             limit = min(limit, self._max_prompt_tokens)
-        head = self._tokenizer.encode(prefix)
+        head = list(self._head(template))
         body = self._tokenizer.encode(document, add_bos=False, allow_special=False)
         tail = self._tokenizer.encode(suffix, add_bos=False)
         total = len(head) + len(body) + len(tail)
@@ -224,7 +238,7 @@ class EngineRunner:
         if key not in self._priors:
             candidates = list(self.candidates(request))
             prompts = [self._encode(d, request.template, 0)[0] for d in request.calibration_documents]
-            rows = self._score(prompts, candidates)
+            rows = self._score(prompts, candidates, self._head(request.template))
             for row in rows:
                 if row.error:
                     raise RuntimeError(f"scoring the content-free calibration prompt failed: {row.error}")

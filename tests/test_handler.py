@@ -61,6 +61,10 @@ def test_runner_prior_is_mean_over_calibration_documents_and_cached():
     assert first.prior == (-4.5, -5.0, -4.5)
     runner.run([request])
     assert engine.score_calls == [1, 2, 1]  # the prior was scored once
+    # Every call shares the template's head (BOS + text before the document): computed once by the engine,
+    # and a record's scores then never depend on its batch-mates.
+    head = tuple(engine.tokenizer.encode(TEMPLATE.completion.prefix))
+    assert engine.shared_prefixes == [head, head, head]
 
 
 def test_runner_truncates_the_document_not_the_instructions():

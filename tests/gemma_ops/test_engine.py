@@ -173,14 +173,15 @@ def test_scoring_fits_a_prompt_that_uses_the_whole_context(engine):
     assert engine.score([_ids(96, 64)], [cand])[0].error  # one more token does not fit
 
 
-def test_score_with_a_shared_prefix_equals_full_forward(engine):
-    """Prompts sharing a long few-shot prefix (longer than the sliding window) compute it once; same values."""
+def test_score_with_a_shared_prefix_equals_full_forward_in_any_batch(engine):
+    """A shared few-shot prefix (longer than the sliding window) is computed once; same values as a full pass,
+    and a prompt's scores do not depend on which other prompts share the call (beyond float rounding)."""
     shared = _ids(70, 3 * WINDOW)
     prompts = [shared + _ids(71 + i, 2 + i)[1:] for i in range(3)]
     candidates = [" yes", " no way"]
     engine._prefixes.clear()
-    scores = engine.score(prompts, candidates)
-    assert [p.length for p in engine._prefixes] == [len(shared)]  # the prefix was shared (and kept)
+    scores = engine.score(prompts, candidates, shared_prefix=shared)
+    assert [p.tokens for p in engine._prefixes] == [tuple(shared)]  # computed once, kept for later calls
     cand_ids = [engine.tokenizer.encode(c, add_bos=False) for c in candidates]
     for prompt, row in zip(prompts, scores, strict=True):
         for j, cand in enumerate(cand_ids):
@@ -188,9 +189,12 @@ def test_score_with_a_shared_prefix_equals_full_forward(engine):
             steps = range(len(prompt) - 1, len(prompt) + len(cand) - 1)
             expected = sum(torch.log_softmax(full[s], -1)[t] for s, t in zip(steps, cand, strict=True))
             assert row[j] == pytest.approx(float(expected), abs=1e-4)
-    # A later call with one prompt extending the kept prefix reuses it and still gets the same numbers.
-    again = engine.score([prompts[1]], candidates)[0]
-    assert again.logprobs == pytest.approx(scores[1].logprobs, abs=1e-5)
+    alone = engine.score([prompts[1]], candidates, shared_prefix=shared)[0]
+    mixed = engine.score([_ids(99, 30), prompts[1], shared], candidates, shared_prefix=shared)
+    # The split point is the caller's, not the batch's: only float rounding of different batch shapes remains.
+    assert alone.logprobs == pytest.approx(scores[1].logprobs, abs=1e-5)
+    assert mixed[1].logprobs == pytest.approx(scores[1].logprobs, abs=1e-5)
+    assert mixed[2].error is None  # a prompt equal to the prefix is scored whole
 
 
 def test_unseeded_sampling_is_reproducible_and_position_independent(engine):

@@ -14,9 +14,9 @@ class CrashingEngine(FakeEngine):
         if any(CRASH in self._text(p) for p in prompts):
             raise RuntimeError("device-side assert triggered")
 
-    def score(self, prompts, candidates, *, restrict_vocab: bool = False):
+    def score(self, prompts, candidates, **kwargs):
         self._check(prompts)
-        return super().score(prompts, candidates, restrict_vocab=restrict_vocab)
+        return super().score(prompts, candidates, **kwargs)
 
     def generate(self, prompts, params):
         self._check(prompts)
@@ -38,9 +38,9 @@ class OutOfMemoryEngine(FakeEngine):
         if len(prompts) > self.fits:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(prompts)} GiB")
 
-    def score(self, prompts, candidates, *, restrict_vocab: bool = False):
+    def score(self, prompts, candidates, **kwargs):
         self._check(prompts)
-        return super().score(prompts, candidates, restrict_vocab=restrict_vocab)
+        return super().score(prompts, candidates, **kwargs)
 
     def generate(self, prompts, params):
         self._check(prompts)

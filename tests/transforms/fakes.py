@@ -46,6 +46,7 @@ class FakeEngine:
         self.max_context = max_context
         self.model_name = "fake-gemma"
         self.score_calls: list[int] = []  # batch sizes seen
+        self.shared_prefixes: list[tuple[int, ...] | None] = []  # the shared_prefix of each score call
         self.generate_calls: list[int] = []
 
     def _text(self, prompt: str | Sequence[int]) -> str:
@@ -56,8 +57,9 @@ class FakeEngine:
         parts = text.split('"""')
         return parts[-2] if len(parts) >= 3 else text
 
-    def score(self, prompts, candidates, *, restrict_vocab: bool = False) -> list[ScoreResult]:
+    def score(self, prompts, candidates, *, restrict_vocab: bool = False, shared_prefix=None) -> list[ScoreResult]:
         self.score_calls.append(len(prompts))
+        self.shared_prefixes.append(None if shared_prefix is None else tuple(shared_prefix))
         out = []
         for prompt in prompts:
             ids = prompt if not isinstance(prompt, str) else self.tokenizer.encode(prompt)
