@@ -178,6 +178,10 @@ class EngineRunner:
         """The token ids ``run`` would send the engine for this request (benchmarks use the same prompts)."""
         return self._encode(request.document, request.template, self._reserve(request))[0]
 
+    def shared_prefix(self, request: Request) -> tuple[int, ...]:
+        """The token ids ``run`` shares between the prompts of this request's template."""
+        return self._head(request.template)
+
     def _reserve(self, request: Request) -> int:
         """Context tokens a request needs after its prompt: its output budget, or its longest label."""
         if isinstance(request, GenerateRequest):
