@@ -7,12 +7,11 @@ from tests.transforms.fakes import FakeEngine
 CRASH = "CRASH"  # a prompt containing this makes the whole engine call raise
 
 
-class CrashingEngine(FakeEngine):
-    """Raises for any call that includes a CRASH prompt (as a kernel error takes down the whole batch)."""
+class _FailingEngine(FakeEngine):
+    """A FakeEngine whose every call first passes ``_check``, which raises the failure being simulated."""
 
     def _check(self, prompts) -> None:
-        if any(CRASH in self._text(p) for p in prompts):
-            raise RuntimeError("device-side assert triggered")
+        raise NotImplementedError
 
     def score(self, prompts, candidates, **kwargs):
         self._check(prompts)
@@ -23,7 +22,15 @@ class CrashingEngine(FakeEngine):
         return super().generate(prompts, params)
 
 
-class OutOfMemoryEngine(FakeEngine):
+class CrashingEngine(_FailingEngine):
+    """Raises for any call that includes a CRASH prompt (as a kernel error takes down the whole batch)."""
+
+    def _check(self, prompts) -> None:
+        if any(CRASH in self._text(p) for p in prompts):
+            raise RuntimeError("device-side assert triggered")
+
+
+class OutOfMemoryEngine(_FailingEngine):
     """Raises torch.cuda.OutOfMemoryError for calls with more than ``fits`` prompts."""
 
     def __init__(self, fits: int = 2, **kwargs) -> None:
@@ -37,11 +44,3 @@ class OutOfMemoryEngine(FakeEngine):
         self.attempts.append(len(prompts))
         if len(prompts) > self.fits:
             raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(prompts)} GiB")
-
-    def score(self, prompts, candidates, **kwargs):
-        self._check(prompts)
-        return super().score(prompts, candidates, **kwargs)
-
-    def generate(self, prompts, params):
-        self._check(prompts)
-        return super().generate(prompts, params)
