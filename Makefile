@@ -20,7 +20,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[embedded,dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[embedded,dev]'
 	touch $(STAMP)
 
 run-local: setup
