@@ -44,11 +44,6 @@ class SamplingParams:
         return self.temperature == 0.0 or self.top_k == 1
 
 
-def greedy(logits: torch.Tensor) -> torch.Tensor:
-    """logits [B, V] -> token ids [B]."""
-    return torch.argmax(logits, dim=-1)
-
-
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask logits [V] outside the top-k and the top-p nucleus with -inf (float32 in, float32 out)."""
     if top_k > 0 and top_k < logits.shape[-1]:

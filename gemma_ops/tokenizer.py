@@ -26,7 +26,6 @@ class GemmaTokenizer:
         self.bos_id = self._special_id("<bos>")
         self.eos_id = self._special_id("<eos>")
         self.end_of_turn_id = self._special_id(END_OF_TURN, required=False)
-        self.pad_id = self._special_id("<pad>", required=False)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> GemmaTokenizer:
@@ -62,10 +61,6 @@ class GemmaTokenizer:
     def stop_ids(self) -> frozenset[int]:
         """Tokens that end a generation: EOS and, where the vocabulary has it, <end_of_turn>."""
         return frozenset(i for i in (self.eos_id, self.end_of_turn_id) if i is not None)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._backend) if self._kind == "hf" else self._backend.get_piece_size()
 
     def encode(self, text: str, add_bos: bool = True, allow_special: bool = True) -> list[int]:
         return self.encode_batch([text], add_bos=add_bos, allow_special=allow_special)[0]

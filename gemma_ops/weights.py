@@ -57,7 +57,7 @@ def _layer_table(config: GemmaConfig) -> dict[str, tuple[str, int]]:
 _LAYER_RE = re.compile(r"layers\.(\d+)\.(.+)")
 
 
-def map_name(hf_name: str, config: GemmaConfig) -> tuple[str, int] | None:
+def map_name(hf_name: str, config: GemmaConfig, layer_table: dict[str, tuple[str, int]]) -> tuple[str, int] | None:
     """Our parameter name and fused-part index for an HF tensor name; None when it is not ours."""
     if hf_name in _LM_HEAD_NAMES:
         return ("lm_head.weight", 0)
@@ -75,7 +75,7 @@ def map_name(hf_name: str, config: GemmaConfig) -> tuple[str, int] | None:
     if match is None:
         return None
     layer, tail = int(match.group(1)), match.group(2)
-    entry = _layer_table(config).get(tail)
+    entry = layer_table.get(tail)
     if entry is None or layer >= config.num_layers:
         return None
     return (f"layers.{layer}.{entry[0]}", entry[1])
@@ -101,12 +101,13 @@ def checkpoint_files(path: Path) -> list[Path]:
 
 def load_state_dict(path: Path, config: GemmaConfig, multimodal: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Read and map every tensor of the checkpoint; fused parts are concatenated in table order."""
+    layer_table = _layer_table(config)
     parts: dict[str, dict[int, torch.Tensor]] = {}
     unexpected: list[str] = []
     for file in checkpoint_files(path):
         with safe_open(str(file), framework="pt") as handle:
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                target = map_name(name, config)
+                target = map_name(name, config, layer_table)
                 if target is None:
                     if multimodal and name.startswith(_NON_TEXT_PREFIXES):
                         continue
@@ -118,7 +119,7 @@ def load_state_dict(path: Path, config: GemmaConfig, multimodal: bool, dtype: to
                 parts[ours][part] = handle.get_tensor(name).to(dtype)
     if unexpected:
         raise ValueError(f"checkpoint {path} has tensors this Gemma config does not use: {unexpected[:10]}")
-    part_counts = {name: idx + 1 for name, idx in _layer_table(config).values()}
+    part_counts = {name: idx + 1 for name, idx in layer_table.values()}
     state: dict[str, torch.Tensor] = {}
     for ours, pieces in parts.items():
         wanted = part_counts.get(ours.split(".", 2)[-1], 1)
