@@ -178,6 +178,14 @@ class EngineRunner:
         """The token ids ``run`` would send the engine for this request (benchmarks use the same prompts)."""
         return self._encode(request.document, request.template, self._reserve(request))[0]
 
+    def request_tokens(self, request: Request) -> int:
+        """Tokens a request costs the engine: its prompt, plus the candidates it scores or the most it may
+        generate (what ``pipelines.plan`` sizes a job by)."""
+        prompt = len(self.prompt_ids(request))
+        if isinstance(request, GenerateRequest):
+            return prompt + request.params.max_new_tokens
+        return prompt + sum(len(self._tokenizer.encode(c, add_bos=False)) for c in self.candidates(request))
+
     def shared_prefix(self, request: Request) -> tuple[int, ...]:
         """The token ids ``run`` shares between the prompts of this request's template."""
         return self._head(request.template)

@@ -18,17 +18,19 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+from gemma_ops.runner import EngineRunner
 from pipelines.io import RecordSpec, detect_format, to_record
 from transforms.base import Record
 
-# Measured: GemmaEngine.score over sample.jsonl's 24 sentiment prompts (5738 tokens, labels included), embedded
-# Gemma 3 270M, bfloat16, on a 2-core CPU shared with other jobs: 358 and 751 tokens/s in two runs; the slower
-# is the default. A GPU worker is far faster, so this over-estimates GPU worker-hours; replace it with a
-# figure from `make bench` on your GPU type.
-DEFAULT_TOKENS_PER_S = 358.0
+# Measured: `make bench-pipeline` (500 sentiment records, embedded Gemma 3 270M, bfloat16, a quiet 2-core CPU,
+# the template head shared): the pipeline ran 19.15 records/s x 240 planned tokens/record = about 4600 tokens/s.
+# A GPU worker is far faster, so this over-estimates GPU worker-hours; replace it with a figure measured on
+# your GPU type.
+DEFAULT_TOKENS_PER_S = 4600.0
 
 
 @dataclass(frozen=True)
@@ -104,15 +106,19 @@ def read_sample(pattern: str, spec: RecordSpec, size: int, input_format: str = "
     return InputSample(tuple(records), sampled_bytes, total_bytes, None)
 
 
-def record_tokens(task, tokenizer, record: Record) -> int:
-    """Tokens one record costs: its rendered prompt, plus the scored labels or the generation budget."""
-    request = task.build_request(record)
-    spec = request.template.completion
-    prompt = len(tokenizer.encode(spec.prefix + request.document + spec.suffix))
-    labels = getattr(request, "labels", None)
-    if labels is not None:
-        return prompt + sum(len(tokenizer.encode(spec.candidate_prefix + label, add_bos=False)) for label in labels)
-    return prompt + request.params.max_new_tokens
+@dataclass(frozen=True)
+class TokenizerOnlyEngine:
+    """What EngineRunner needs to render prompts exactly as a run would, without loading any weights."""
+
+    tokenizer: Any
+    max_context: int
+    model_name: str = "plan"
+
+
+def record_tokens(runner: EngineRunner, task, record: Record) -> int:
+    """Tokens one record costs: the prompt the run would send, plus the scored candidates or the generation
+    budget (rendered by the runner itself, so prompt style, label words and truncation match the run)."""
+    return runner.request_tokens(task.build_request(record))
 
 
 def make_plan(sample: InputSample, token_counts: list[int], tokens_per_s: float) -> Plan:
@@ -150,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from gemma_ops.checkpoints import resolve_model
+    from gemma_ops.config import GemmaConfig
+    from gemma_ops.engine import EngineConfig
     from gemma_ops.tokenizer import GemmaTokenizer
     from pipelines.options import JobConfig
     from pipelines.pipeline import make_task
@@ -157,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     labels = tuple(x.strip() for x in args.labels.split(",") if x.strip())
     config = JobConfig(input=args.input, output="-", task=args.task, labels=labels, max_new_tokens=args.max_new_tokens)
     task = make_task(config)
-    tokenizer = GemmaTokenizer.from_pretrained(resolve_model(args.model))
+    path = resolve_model(args.model)
+    max_context = min(EngineConfig().max_context, GemmaConfig.from_pretrained(path).max_position_embeddings)
+    runner = EngineRunner(TokenizerOnlyEngine(GemmaTokenizer.from_pretrained(path), max_context))
     sample = read_sample(args.input, RecordSpec(args.text_field, args.id_field), args.sample, args.input_format)
-    counts = [record_tokens(task, tokenizer, record) for record in sample.records]
+    counts = [record_tokens(runner, task, record) for record in sample.records]
     plan = make_plan(sample, counts, args.tokens_per_s)
     print("\n".join(plan.lines()))
     return 0

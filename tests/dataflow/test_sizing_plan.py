@@ -127,27 +127,35 @@ def test_plan_errors_say_what_to_fix(tmp_path):
         plan.make_plan(plan.InputSample((), 1, 1, None), [1], 0)
 
 
-class CountingTokenizer:
-    """Whitespace tokens, +1 for BOS: enough to check what gets counted."""
-
-    def encode(self, text, add_bos=True):
-        return [0] * (len(text.split()) + int(add_bos))
-
-
-def test_record_tokens_counts_prompt_and_labels_or_generation():
+def test_record_tokens_match_the_prompts_a_run_sends():
+    """Counted with the fake one-token-per-character tokenizer (plus BOS), so each figure follows from the
+    template strings: sentiment scores its label *words* (" none" for neutral), chat style adds the turn."""
+    from gemma_ops.runner import EngineRunner
     from pipelines.options import JobConfig
     from pipelines.pipeline import make_task
+    from tests.transforms.fakes import FakeTokenizer
     from transforms.base import Record
+    from transforms.sentiment import SENTIMENT_TEMPLATE
+    from transforms.summarize import SUMMARIZE_TEMPLATE
 
     record = Record(id="1", text="great phone")
-    tokenizer = CountingTokenizer()
     sentiment = make_task(JobConfig(input="x", output="y", task="sentiment"))
     summarize = make_task(JobConfig(input="x", output="y", task="summarize", max_new_tokens=40))
-    s_request = sentiment.build_request(record)
-    spec = s_request.template.completion
-    prompt = len((spec.prefix + s_request.document + spec.suffix).split()) + 1
-    assert plan.record_tokens(sentiment, tokenizer, record) == prompt + 3  # one token per label
-    m_request = summarize.build_request(record)
-    m_spec = m_request.template.completion
-    m_prompt = len((m_spec.prefix + m_request.document + m_spec.suffix).split()) + 1
-    assert plan.record_tokens(summarize, tokenizer, record) == m_prompt + 40
+    completion = EngineRunner(plan.TokenizerOnlyEngine(FakeTokenizer(), 4096))
+    chat = EngineRunner(plan.TokenizerOnlyEngine(FakeTokenizer(chat=True), 4096))
+
+    spec = SENTIMENT_TEMPLATE.completion
+    words = len(" positive") + len(" negative") + len(" none")  # not " neutral"
+    assert (
+        plan.record_tokens(completion, sentiment, record) == 1 + len(spec.prefix + "great phone" + spec.suffix) + words
+    )
+    chat_spec = SENTIMENT_TEMPLATE.chat
+    turn = len("<start_of_turn>user\n<end_of_turn>\n<start_of_turn>model\n")
+    chat_words = len("positive") + len("negative") + len("none")  # chat candidates have no leading space
+    assert plan.record_tokens(chat, sentiment, record) == (
+        1 + turn + len(chat_spec.prefix + "great phone" + chat_spec.suffix) + chat_words
+    )
+    m_spec = SUMMARIZE_TEMPLATE.completion
+    assert (
+        plan.record_tokens(completion, summarize, record) == 1 + len(m_spec.prefix + "great phone" + m_spec.suffix) + 40
+    )
