@@ -77,7 +77,9 @@ class EngineRunner:
         self._load_seconds = load_seconds
         self._lock = threading.Lock()
         self._priors: dict[tuple, tuple[float, ...]] = {}
-        self._heads: dict[PromptTemplate, tuple[int, ...]] = {}
+        # Tokenized once per template / label set, not once per record:
+        self._template_ids: dict[PromptTemplate, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._candidate_ids: dict[tuple[str, ...], tuple[tuple[int, ...], ...]] = {}
         self._max_call: int | None = None  # requests per engine call; set (and halved) by out-of-memory errors
         self.oom_retries = 0
 
@@ -141,9 +143,15 @@ class EngineRunner:
 
     def _head(self, template: PromptTemplate) -> tuple[int, ...]:
         """Token ids of the template before the document (BOS included): every prompt of it starts so."""
-        if template not in self._heads:
-            self._heads[template] = tuple(self._tokenizer.encode(self._parts(template)[0]))
-        return self._heads[template]
+        return self._template_token_ids(template)[0]
+
+    def _template_token_ids(self, template: PromptTemplate) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(head, tail): the template's token ids before (BOS included) and after the document."""
+        if template not in self._template_ids:
+            before, after = self._parts(template)
+            head = tuple(self._tokenizer.encode(before))
+            self._template_ids[template] = (head, tuple(self._tokenizer.encode(after, add_bos=False)))
+        return self._template_ids[template]
 
     def _shrinking(self, items: list[_Item], call: Callable[[list[_Item]], list[_Result]]) -> list[_Result]:
         """``call`` over ``items`` in chunks; an out-of-memory error halves the chunk size and retries.
@@ -184,7 +192,7 @@ class EngineRunner:
         prompt = len(self.prompt_ids(request))
         if isinstance(request, GenerateRequest):
             return prompt + request.params.max_new_tokens
-        return prompt + sum(len(self._tokenizer.encode(c, add_bos=False)) for c in self.candidates(request))
+        return prompt + sum(len(ids) for ids in self._candidate_token_ids(request))
 
     def shared_prefix(self, request: Request) -> tuple[int, ...]:
         """The token ids ``run`` shares between the prompts of this request's template."""
@@ -194,7 +202,14 @@ class EngineRunner:
         """Context tokens a request needs after its prompt: its output budget, or its longest label."""
         if isinstance(request, GenerateRequest):
             return request.params.max_new_tokens
-        return max(len(self._tokenizer.encode(c, add_bos=False)) for c in self.candidates(request))
+        return max(len(ids) for ids in self._candidate_token_ids(request))
+
+    def _candidate_token_ids(self, request: ScoreRequest) -> tuple[tuple[int, ...], ...]:
+        candidates = self.candidates(request)
+        if candidates not in self._candidate_ids:
+            encoded = self._tokenizer.encode_batch(list(candidates), add_bos=False)
+            self._candidate_ids[candidates] = tuple(tuple(ids) for ids in encoded)
+        return self._candidate_ids[candidates]
 
     def candidates(self, request: ScoreRequest) -> tuple[str, ...]:
         """The strings scored for a request's labels in the resolved prompt style."""
@@ -218,13 +233,12 @@ class EngineRunner:
         so it is encoded on its own with ``allow_special=False``: a literal "<start_of_turn>" in a record
         becomes plain characters and can never open a turn or end the prompt's delimiters early.
         """
-        suffix = self._parts(template)[1]
         limit = self._engine.max_context - reserve
         if self._max_prompt_tokens is not None:
             limit = min(limit, self._max_prompt_tokens)
-        head = list(self._head(template))
+        head_ids, tail_ids = self._template_token_ids(template)
+        head, tail = list(head_ids), list(tail_ids)
         body = self._tokenizer.encode(document, add_bos=False, allow_special=False)
-        tail = self._tokenizer.encode(suffix, add_bos=False)
         total = len(head) + len(body) + len(tail)
         if total <= limit:
             return head + body + tail, False
