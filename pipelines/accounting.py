@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-METRICS_NAMESPACE = "gemma_pipeline"
+from transforms.base import METRICS_NAMESPACE
 
 
 class ErrorRateExceeded(RuntimeError):

@@ -16,9 +16,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.base import ERRORS_TAG, DeadLetter, Record, preview, strip_control_chars
+from transforms.base import ERRORS_TAG, METRICS_NAMESPACE, DeadLetter, Record, preview, strip_control_chars
 
-METRICS_NAMESPACE = "gemma_pipeline"
 PARQUET_BATCH_ROWS = 1024
 
 

@@ -15,6 +15,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
+from gemma_ops.handler import METRICS_NAMESPACE as ENGINE_METRICS
+from transforms.base import METRICS_NAMESPACE as PIPELINE_METRICS
+
 PROGRESS_LOGGER = "gemma_beam.progress"
 PROGRESS_EVERY_SECONDS = 5.0
 
@@ -75,7 +78,7 @@ class RunSummary:
 
 def _counters(result: Any) -> dict[str, int]:
     totals: dict[str, int] = {}
-    for namespace in ("gemma", "gemma_pipeline"):
+    for namespace in (ENGINE_METRICS, PIPELINE_METRICS):
         for counter in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
             value = counter.committed if counter.committed is not None else counter.attempted
             name = counter.key.metric.name
