@@ -125,3 +125,10 @@ def estimate_tokens(element: Any) -> int:
     else:
         tokens += 2 * len(request.labels)
     return tokens
+
+
+def error_response(request: Request, message: str, style: str, model: str) -> Response:
+    """The response of a request that got no result: empty, with ``error`` saying why."""
+    if isinstance(request, ScoreRequest):
+        return ScoreResponse((), None, 0, False, style, model, message)
+    return GenerateResponse("", "error", 0, 0, False, style, model, message)

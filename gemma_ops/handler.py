@@ -30,8 +30,7 @@ from gemma_ops.batch_requests import (
     Request,
     Response,
     RunnerInfo,
-    ScoreRequest,
-    ScoreResponse,
+    error_response,
     estimate_tokens,
 )
 from gemma_ops.runner import EngineRunner
@@ -195,7 +194,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
             if len(requests) == 1:
                 self._isolated.inc()
                 _LOG.warning("inference failed for one request: %s: %s", type(err).__name__, err)
-                return [_error_response(requests[0], f"{type(err).__name__}: {err}", info)]
+                return [error_response(requests[0], f"{type(err).__name__}: {err}", info.style, info.model_name)]
             self._split_batches.inc()
             mid = len(requests) // 2
             return self._run_isolating(model, requests[:mid], info) + self._run_isolating(model, requests[mid:], info)
@@ -220,9 +219,3 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
                 f"GemmaModelHandler takes no inference_args (got {sorted(inference_args)}); "
                 "put sampling settings in each GenerateRequest's params"
             )
-
-
-def _error_response(request: Request, message: str, info: RunnerInfo) -> Response:
-    if isinstance(request, ScoreRequest):
-        return ScoreResponse((), None, 0, False, info.style, info.model_name, message)
-    return GenerateResponse("", "error", 0, 0, False, info.style, info.model_name, message)

@@ -24,6 +24,7 @@ from gemma_ops.batch_requests import (
     RunnerInfo,
     ScoreRequest,
     ScoreResponse,
+    error_response,
 )
 
 _CHAT_SLOT = "\x00GEMMA-BEAM-DOCUMENT\x00"
@@ -284,6 +285,4 @@ class EngineRunner:
         )
 
     def _error(self, request: Request, message: str) -> Response:
-        if isinstance(request, ScoreRequest):
-            return ScoreResponse((), None, 0, False, self._style, self._model_name, message)
-        return GenerateResponse("", "error", 0, 0, False, self._style, self._model_name, message)
+        return error_response(request, message, self._style, self._model_name)
