@@ -29,8 +29,8 @@ METRICS_NAMESPACE = "gemma_pipeline"
 # Gemma's control tokens are plain text to the tokenizer, so a record containing "<start_of_turn>" could
 # open a new turn. They are defused by swapping the angle brackets for look-alikes before the text enters
 # a prompt.
-_CONTROL_TOKEN = re.compile(r"<(/?)(start_of_turn|end_of_turn|bos|eos|pad|unk|mask|start_of_image|end_of_image)>")
-_WHITESPACE = re.compile(r"\s+")
+CONTROL_TOKEN = re.compile(r"<(/?)(start_of_turn|end_of_turn|bos|eos|pad|unk|mask|start_of_image|end_of_image)>")
+WHITESPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,9 @@ def prompt_safe(text: str) -> str:
     Collapsing whitespace keeps a record from faking the next few-shot line ("Sentiment: ..."), and the
     delimiter swap keeps it from closing its own quote early.
     """
-    text = _CONTROL_TOKEN.sub(lambda m: f"\u2039{m.group(1)}{m.group(2)}\u203a", text)
+    text = CONTROL_TOKEN.sub(lambda m: f"\u2039{m.group(1)}{m.group(2)}\u203a", text)
     text = text.replace('"""', "\u201c\u201c\u201c")
-    return _WHITESPACE.sub(" ", text).strip()
+    return WHITESPACE.sub(" ", text).strip()
 
 
 def _finite(value: Any) -> Any:

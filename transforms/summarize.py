@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from gemma_ops.batch_requests import GenerateRequest, GenerateResponse, PromptSpec, PromptTemplate, Response
 from gemma_ops.sampling import SamplingParams
-from transforms.base import Record, Task, prompt_safe
+from transforms.base import CONTROL_TOKEN, WHITESPACE, Record, Task, prompt_safe
 
 # Two short examples whose summaries compress rather than copy: with one example (or none) the embedded base
 # model echoed the record or blended the example's content into its summary.
@@ -45,18 +45,16 @@ SUMMARIZE_TEMPLATE = PromptTemplate(
 # Where a base model goes on after its one-line summary: a new line or the next few-shot example.
 STOP_STRINGS = ("\n", 'Text: """')
 
-_CONTROL_TOKEN = re.compile(r"</?(start_of_turn|end_of_turn|bos|eos|pad|unk|mask)>")
 _ECHO_PREFIX = re.compile(r"^\s*(summary\s*:\s*)+", re.IGNORECASE)
 _NEXT_EXAMPLE = re.compile(r"\n?\s*Text:\s*\"\"\".*", re.DOTALL)
-_WHITESPACE = re.compile(r"\s+")
 
 
 def clean_summary(text: str) -> str:
     """The summary without control tokens, prompt echoes, a following example, or stray quotes."""
-    text = _CONTROL_TOKEN.sub("", text)
+    text = CONTROL_TOKEN.sub("", text)
     text = _NEXT_EXAMPLE.sub("", text)
     text = _ECHO_PREFIX.sub("", text)
-    text = _WHITESPACE.sub(" ", text).strip()
+    text = WHITESPACE.sub(" ", text).strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
     return text

@@ -192,3 +192,10 @@ def test_hostile_record_still_gets_a_label_from_the_set():
 )
 def test_clean_summary(raw, clean):
     assert clean_summary(raw) == clean
+
+
+def test_summary_cleaner_drops_every_gemma_marker():
+    from transforms.summarize import clean_summary
+
+    raw = "<start_of_image>The desk is <end_of_turn>solid.<eos>"
+    assert clean_summary(raw) == "The desk is solid."
