@@ -1,6 +1,6 @@
 """The Gemma decoder (Gemma 1, 2 and 3 text) as a plain nn.Module.
 
-Two forward paths share the layers:
+Two forward paths share the layers (gemma_ops.layers):
 - ``forward_packed``: several sequences' tokens concatenated into one [T] row (no padding); linear layers run on
   all T tokens at once and attention runs per sequence. Used for prompt prefill (writing the KV cache) and for
   scoring, where candidate continuations branch off a shared prompt (a tree mask, no cache).
@@ -11,246 +11,20 @@ chosen vocabulary rows only (the output layer is the largest matmul of small Gem
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_ops.config import FULL, SLIDING, GemmaConfig
+from gemma_ops.config import GemmaConfig
 from gemma_ops.kv_cache import KVCache
+from gemma_ops.layers import DecoderLayer, PrefixKV, RMSNorm, Rope, Segment
 
-
-class RMSNorm(nn.Module):
-    """Gemma's RMSNorm: computed in float32, scaled by (1 + weight), cast back."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * (1.0 + self.weight.float())).type_as(x)
-
-
-@dataclass(frozen=True)
-class PrefixKV:
-    """Keys/values of a token prefix shared by several sequences, per layer: [kv_heads, P, head_dim] each."""
-
-    tokens: tuple[int, ...]
-    keys: tuple[torch.Tensor, ...]
-    values: tuple[torch.Tensor, ...]
-
-    @property
-    def length(self) -> int:
-        return len(self.tokens)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One sequence inside a packed batch.
-
-    start/length locate its tokens in the packed row. ``branch`` (None for a plain prompt) gives, per token, 0 for
-    the shared prompt and k > 0 for the k-th candidate continuation; a branch token sees the prompt and its own
-    branch only. ``slot`` is the KV-cache slot its keys/values are written to (None: nothing is cached).
-    ``prefix``: the sequence continues a shared prefix (its positions start at prefix.length) whose keys and
-    values were computed once.
-    """
-
-    start: int
-    length: int
-    slot: int | None = None
-    branch: torch.Tensor | None = None  # [length] int
-    prefix: PrefixKV | None = None
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-class Rope(nn.Module):
-    """cos/sin tables per layer type, float32 like transformers, cast to the activation dtype when applied."""
-
-    def __init__(self, config: GemmaConfig, max_positions: int, device: torch.device | str) -> None:
-        super().__init__()
-        dim = config.head_dim
-        positions = torch.arange(max_positions, device=device, dtype=torch.float32)
-        self.tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for layer_type in (FULL, SLIDING):
-            rope = config.rope[layer_type]
-            inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
-            inv_freq = inv_freq / rope.linear_factor
-            freqs = positions[:, None] * inv_freq[None, :]  # [P, dim/2]
-            emb = torch.cat((freqs, freqs), dim=-1)  # [P, dim]
-            self.tables[layer_type] = (emb.cos(), emb.sin())
-
-    def apply(self, x: torch.Tensor, positions: torch.Tensor, layer_type: str) -> torch.Tensor:
-        """x [N, heads, dim] rotated by positions [N]."""
-        cos_table, sin_table = self.tables[layer_type]
-        cos = cos_table[positions].to(x.dtype)[:, None, :]
-        sin = sin_table[positions].to(x.dtype)[:, None, :]
-        return x * cos + rotate_half(x) * sin
-
-
-class Attention(nn.Module):
-    def __init__(self, config: GemmaConfig, layer: int) -> None:
-        super().__init__()
-        self.heads = config.num_heads
-        self.kv_heads = config.num_kv_heads
-        self.head_dim = config.head_dim
-        self.layer = layer
-        self.layer_type = config.layer_types[layer]
-        self.window = config.sliding_window if self.layer_type == SLIDING else None
-        self.scaling = config.scaling
-        self.softcap = config.attn_logit_softcapping
-        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        self.split = (q_size, kv_size, kv_size)
-        self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
-        self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
-        self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
-
-    def _project(
-        self, x: torch.Tensor, positions: torch.Tensor, rope: Rope
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [N, D] -> q [N, H, Dh], k [N, KVH, Dh], v [N, KVH, Dh] with QK-norm and RoPE applied."""
-        n = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
-        q = q.view(n, self.heads, self.head_dim)
-        k = k.view(n, self.kv_heads, self.head_dim)
-        v = v.view(n, self.kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        return rope.apply(q, positions, self.layer_type), rope.apply(k, positions, self.layer_type), v
-
-    def _attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
-    ) -> torch.Tensor:
-        """q [B, KVH, G*Q, Dh] or [B, H, Q, Dh]; k, v [B, KVH, K, Dh]; mask broadcastable to [B, *, Q, K]."""
-        if self.softcap is None:
-            gqa = q.shape[1] != k.shape[1]
-            return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=causal and mask is None, scale=self.scaling, enable_gqa=gqa
-            )
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
-        scores = torch.tanh(scores / self.softcap) * self.softcap
-        if causal and mask is None:
-            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        return torch.matmul(probs, v)
-
-    def _segment_mask(
-        self,
-        q_pos: torch.Tensor,
-        k_pos: torch.Tensor,
-        q_branch: torch.Tensor | None,
-        k_branch: torch.Tensor | None,
-    ) -> torch.Tensor | None:
-        """Boolean [n_q, n_k] mask for one packed sequence, or None when plain causal attention is exact."""
-        plain = q_branch is None and q_pos.shape[0] == k_pos.shape[0]
-        if plain and (self.window is None or k_pos.shape[0] <= self.window):
-            return None
-        allowed = k_pos[None, :] <= q_pos[:, None]
-        if q_branch is not None:
-            allowed &= (k_branch[None, :] == 0) | (k_branch[None, :] == q_branch[:, None])
-        if self.window is not None:
-            allowed &= q_pos[:, None] - k_pos[None, :] < self.window
-        return allowed
-
-    def forward_packed(
-        self,
-        x: torch.Tensor,
-        positions: torch.Tensor,
-        segments: list[Segment],
-        rope: Rope,
-        cache: KVCache | None,
-        capture: list[tuple[torch.Tensor, torch.Tensor]] | None,
-    ) -> torch.Tensor:
-        """x [T, D] -> [T, D]. ``capture`` collects this layer's k, v [KVH, T, Dh] (a single-sequence pass)."""
-        q, k, v = self._project(x, positions, rope)
-        if capture is not None:
-            capture.append((k.transpose(0, 1), v.transpose(0, 1)))
-        out = torch.empty_like(q)  # [T, H, Dh]
-        for seg in segments:
-            rows = slice(seg.start, seg.start + seg.length)
-            seg_k, seg_v = k[rows].transpose(0, 1), v[rows].transpose(0, 1)  # [KVH, n, Dh]
-            q_pos = k_pos = positions[rows]
-            q_branch = k_branch = seg.branch
-            if cache is not None and seg.slot is not None:
-                cache.write_prompt(self.layer, seg.slot, seg_k, seg_v)
-            if seg.prefix is not None:
-                prefix = seg.prefix
-                seg_k = torch.cat((prefix.keys[self.layer], seg_k), dim=1)
-                seg_v = torch.cat((prefix.values[self.layer], seg_v), dim=1)
-                k_pos = torch.cat((torch.arange(prefix.length, device=x.device), q_pos))
-                if q_branch is None:
-                    q_branch = torch.zeros_like(q_pos)
-                k_branch = torch.cat((torch.zeros(prefix.length, dtype=q_branch.dtype, device=x.device), q_branch))
-            mask = self._segment_mask(q_pos, k_pos, q_branch, k_branch)
-            seg_q = q[rows].transpose(0, 1).unsqueeze(0)  # [1, H, n, Dh]
-            attended = self._attend(seg_q, seg_k.unsqueeze(0), seg_v.unsqueeze(0), mask, causal=True)
-            out[rows] = attended[0].transpose(0, 1)
-        return self.o_proj(out.reshape(x.shape[0], -1))
-
-    def forward_step(
-        self, x: torch.Tensor, positions: torch.Tensor, rope: Rope, cache: KVCache, length: int
-    ) -> torch.Tensor:
-        """x [B, D] for running slots 0..B-1 at positions [B]; ``length`` = max(positions) + 1."""
-        batch = x.shape[0]
-        q, k, v = self._project(x, positions, rope)
-        cache.write_step(self.layer, k, v, positions)
-        keys, values = cache.view(self.layer, batch, length)  # [B, KVH, L, Dh]
-        valid = torch.arange(keys.shape[2], device=x.device)[None, :] <= positions[:, None]  # [B, L]
-        groups = self.heads // self.kv_heads
-        q = q.view(batch, self.kv_heads, groups, self.head_dim)  # head h uses kv head h // groups
-        attended = self._attend(q, keys, values, valid[:, None, None, :], causal=False)  # [B, KVH, G, Dh]
-        return self.o_proj(attended.reshape(batch, -1))
-
-
-class MLP(nn.Module):
-    """GeGLU: down(gelu_tanh(gate(x)) * up(x)), gate and up fused into one matmul."""
-
-    def __init__(self, config: GemmaConfig) -> None:
-        super().__init__()
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, config: GemmaConfig, layer: int) -> None:
-        super().__init__()
-        eps = config.rms_norm_eps
-        self.attn = Attention(config, layer)
-        self.mlp = MLP(config)
-        self.input_norm = RMSNorm(config.hidden_size, eps)
-        self.pre_mlp_norm = RMSNorm(config.hidden_size, eps)
-        # Gemma 2/3 "sandwich" norms on the outputs of attention and the MLP.
-        self.post_attn_norm = RMSNorm(config.hidden_size, eps) if config.sandwich_norms else None
-        self.post_mlp_norm = RMSNorm(config.hidden_size, eps) if config.sandwich_norms else None
-
-    def _mlp_block(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        if self.post_attn_norm is not None:
-            attn_out = self.post_attn_norm(attn_out)
-        h = h + attn_out
-        out = self.mlp(self.pre_mlp_norm(h))
-        if self.post_mlp_norm is not None:
-            out = self.post_mlp_norm(out)
-        return h + out
+__all__ = ["GemmaModel", "PrefixKV", "Segment"]
 
 
 class GemmaModel(nn.Module):
+    """Embedding, the decoder layers, the final norm and the output layer; the engine chooses which path runs."""
+
     def __init__(self, config: GemmaConfig) -> None:
         super().__init__()
         self.config = config
@@ -285,10 +59,9 @@ class GemmaModel(nn.Module):
         capture: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """tokens, positions [T] (sequences packed back to back) -> hidden states [T, D] before the final norm."""
-        h = self._embed(tokens)
+        h = self._embed(tokens)  # [T, D]
         for layer in self.layers:
-            attn_out = layer.attn.forward_packed(layer.input_norm(h), positions, segments, self.rope, cache, capture)
-            h = layer._mlp_block(h, attn_out)
+            h = layer.forward_packed(h, positions, segments, self.rope, cache, capture)
         return h
 
     @torch.inference_mode()
@@ -307,10 +80,9 @@ class GemmaModel(nn.Module):
         """One token for each running slot 0..B-1: tokens, positions [B] -> hidden states [B, D].
 
         ``length`` = max(positions) + 1, passed from the host so the step needs no device sync."""
-        h = self._embed(tokens)
+        h = self._embed(tokens)  # [B, D]
         for layer in self.layers:
-            attn_out = layer.attn.forward_step(layer.input_norm(h), positions, self.rope, cache, length)
-            h = layer._mlp_block(h, attn_out)
+            h = layer.forward_step(h, positions, self.rope, cache, length)
         return h
 
     @torch.inference_mode()
