@@ -11,7 +11,6 @@ mask), and logits are computed only at the positions that predict candidate toke
 
 from __future__ import annotations
 
-import os
 import zlib
 from array import array
 from collections import deque
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.model import GemmaModel, PrefixKV, Segment
 from gemma_ops.outputs import Completion, ScoreResult
@@ -71,61 +71,6 @@ def _content_seed(ids: list[int]) -> int:
     return zlib.crc32(array("q", ids).tobytes())
 
 
-def _free_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return free
-    available = _host_available_bytes()
-    container = _cgroup_available_bytes()  # a container (Docker, Dataflow) may allow less than the host has
-    return min(available, container) if container is not None else available
-
-
-def _host_available_bytes() -> int:
-    try:  # Linux: memory available without swapping (free + reclaimable cache)
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # no figure on this platform: do not cap
-        return 2**62
-
-
-def _cgroup_available_bytes() -> int | None:
-    """cgroup v2 limit minus usage, or None where no limit is set."""
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return max(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()), 0)
-    except (OSError, ValueError):
-        return None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Explicit dtype (object or name), else bfloat16 where the hardware runs it fast, else float32."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is not None:
-        resolved = getattr(torch, str(dtype), None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'bfloat16', 'float16' or 'float32'")
-        return resolved
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    fast_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return torch.bfloat16 if fast_bf16 else torch.float32
-
-
 class GemmaEngine:
     def __init__(
         self,
@@ -143,8 +88,7 @@ class GemmaEngine:
         self.max_context = min(config.max_context, model.config.max_position_embeddings)
         model.init_rope(self.max_context)
         self._stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
-        self._cache: KVCache | None = None
-        self._cache_at_memory_limit = False
+        self._caches = KVCacheAllocator(model.config, self.max_context, self.device, self.dtype)
         self._prefixes: list[PrefixKV] = []  # most recent first
 
     @classmethod
@@ -191,30 +135,6 @@ class GemmaEngine:
             )
         return None
 
-    def _cache_for(self, slots: int) -> KVCache:
-        """A cache with at least ``slots`` slots, or as many as fit in the free memory (at least one)."""
-        if self._cache is not None and (self._cache.max_slots >= slots or self._cache_at_memory_limit):
-            return self._cache
-        old_bytes = 0
-        if self._cache is not None:  # its memory counts as free for the new one
-            old_bytes = KVCache.bytes_needed(
-                self.model.config, self._cache.max_slots, self.max_context, self.dtype.itemsize
-            )
-            self._cache = None
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-                old_bytes = 0  # returned to the device, so mem_get_info sees it
-        per_slot = KVCache.bytes_needed(self.model.config, 1, self.max_context, self.dtype.itemsize)
-        fitting = int((_free_memory_bytes(self.device) + old_bytes) * 0.9) // per_slot
-        if fitting < 1:
-            raise MemoryError(
-                f"one KV-cache slot of {self.max_context} tokens needs {per_slot / 2**20:.0f} MiB, more than is "
-                f"free on {self.device}; lower max_context"
-            )
-        self._cache_at_memory_limit = fitting < slots  # a later, larger call cannot get more: keep this one
-        self._cache = KVCache(self.model.config, min(slots, fitting), self.max_context, self.device, self.dtype)
-        return self._cache
-
     # -------------------------------------------------------------------------------------- generation
     def generate(
         self, prompts: Sequence[Prompt], params: SamplingParams | Sequence[SamplingParams] = _GREEDY
@@ -234,7 +154,7 @@ class GemmaEngine:
             else:
                 waiting.append(_Running(index, ids, p, make_generator(p, fallback_seed=_content_seed(ids))))
         if waiting:
-            cache = self._cache_for(min(self.config.max_slots, len(waiting)))
+            cache = self._caches.get(min(self.config.max_slots, len(waiting)))
             with torch.inference_mode():
                 self._run(waiting, cache, results)
         return [r for r in results if r is not None]

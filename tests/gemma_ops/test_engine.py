@@ -206,23 +206,23 @@ def test_unseeded_sampling_is_reproducible_and_position_independent(engine):
 
 
 def test_cache_slots_are_capped_by_free_memory(tiny_checkpoints, monkeypatch):
-    import gemma_ops.engine as engine_module
+    import gemma_ops.device as device_module
     from gemma_ops.kv_cache import KVCache
 
     engine = GemmaEngine.from_pretrained(
         tiny_checkpoints["gemma3"], device="cpu", dtype="float32", max_slots=16, max_context=64
     )
     per_slot = KVCache.bytes_needed(engine.model.config, 1, 64, 4)
-    monkeypatch.setattr(engine_module, "_free_memory_bytes", lambda device: int(3.5 * per_slot / 0.9))
+    monkeypatch.setattr(device_module, "free_memory_bytes", lambda device: int(3.5 * per_slot / 0.9))
     prompts = [_ids(90 + i, 5) for i in range(7)]
     params = SamplingParams(max_new_tokens=4, ignore_eos=True)
     outs = engine.generate(prompts, params)
-    capped = engine._cache
+    capped = engine._caches.cache
     assert capped.max_slots == 3  # 7 requests ran through the 3 slots that fit
     assert [o.token_ids for o in outs] == [engine.generate([p], params)[0].token_ids for p in prompts]
     engine.generate(prompts, params)
-    assert engine._cache is capped  # later calls keep the capped cache instead of re-sizing it every time
-    monkeypatch.setattr(engine_module, "_free_memory_bytes", lambda device: per_slot // 2)
-    engine._cache = None
+    assert engine._caches.cache is capped  # later calls keep the capped cache instead of re-sizing it every time
+    monkeypatch.setattr(device_module, "free_memory_bytes", lambda device: per_slot // 2)
+    engine._caches.cache = None
     with pytest.raises(MemoryError, match="lower max_context"):
         engine.generate(prompts[:1], params)
