@@ -5,8 +5,8 @@ token budget lasts; their prompts are prefilled together (packed, no padding); t
 decodes one token per step. A request that finishes (EOS or <end_of_turn>, a stop string, max_new_tokens, the
 context end) frees its slot at once, and the next waiting request takes it. Results come back in input order.
 
-Scoring (``score``): each prompt is prefilled once with every candidate continuation branching off it (a tree
-mask), and logits are computed only at the positions that predict candidate tokens.
+Scoring (``score``): gemma_ops.scoring; each prompt is prefilled once with every candidate continuation branching
+off it (a tree mask), and logits are computed only at the positions that predict candidate tokens.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import torch
 
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
 from gemma_ops.kv_cache import KVCache
-from gemma_ops.model import GemmaModel, PrefixKV, Segment
+from gemma_ops.model import GemmaModel, Segment
 from gemma_ops.outputs import Completion, ScoreResult
 from gemma_ops.sampling import SamplingParams, make_generator, sample_one
+from gemma_ops.scoring import Scorer
 from gemma_ops.tokenizer import GemmaTokenizer
 from gemma_ops.weights import load_model
 
@@ -89,7 +90,7 @@ class GemmaEngine:
         model.init_rope(self.max_context)
         self._stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
         self._caches = KVCacheAllocator(model.config, self.max_context, self.device, self.dtype)
-        self._prefixes: list[PrefixKV] = []  # most recent first
+        self._scorer = Scorer(model, config.max_batch_tokens, config.max_cached_prefixes)
 
     @classmethod
     def from_pretrained(
@@ -280,109 +281,16 @@ class GemmaEngine:
         if empty:
             raise ValueError(f"candidates tokenize to nothing: {empty}")
         room = max(len(ids) for ids in cand_ids) - 1  # the last candidate token is predicted, never fed
-        rows = (
-            torch.tensor(sorted({t for ids in cand_ids for t in ids}), device=self.device) if restrict_vocab else None
-        )
         prefix_ids = tuple(int(t) for t in shared_prefix) if shared_prefix else ()
         results: list[ScoreResult | None] = [None] * len(prompts)
-        groups: dict[bool, list[tuple[int, list[int]]]] = {True: [], False: []}  # extends the prefix?
+        fitting: list[tuple[int, list[int]]] = []
         for index, (prompt, ids) in enumerate(zip(prompts, self._prompt_ids(prompts), strict=True)):
             error = self._prompt_error(prompt, ids, room=room)
             if error is not None:
                 results[index] = ScoreResult((), len(ids), error)
-            else:  # the prompt's last token stays outside the prefix: its hidden state predicts the candidates
-                groups[
-                    bool(prefix_ids) and len(ids) > len(prefix_ids) and tuple(ids[: len(prefix_ids)]) == prefix_ids
-                ].append((index, ids))
-        for uses_prefix, members in groups.items():
-            prefix = self._prefix_kv(prefix_ids) if uses_prefix and members else None
-            skip = prefix.length if prefix is not None else 0
-            chunk: list[tuple[int, list[int]]] = []
-            chunk_tokens = 0
-            branch_tokens = sum(len(ids) - 1 for ids in cand_ids)
-            for index, ids in members:
-                size = len(ids) - skip + branch_tokens
-                if chunk and chunk_tokens + size > self.config.max_batch_tokens:
-                    self._score_chunk(chunk, cand_ids, rows, prefix, results)
-                    chunk, chunk_tokens = [], 0
-                chunk.append((index, ids))
-                chunk_tokens += size
-            if chunk:
-                self._score_chunk(chunk, cand_ids, rows, prefix, results)
+            else:
+                fitting.append((index, ids))
+        rows = self._scorer.score(fitting, cand_ids, restrict_vocab=restrict_vocab, shared_prefix=prefix_ids)
+        for index, ids in fitting:
+            results[index] = ScoreResult(rows[index], len(ids))
         return [r for r in results if r is not None]
-
-    def _prefix_kv(self, tokens: tuple[int, ...]) -> PrefixKV:
-        """Keys/values of a shared prefix, from the small most-recently-used store or computed once."""
-        for i, cached in enumerate(self._prefixes):
-            if cached.tokens == tokens:
-                self._prefixes.insert(0, self._prefixes.pop(i))
-                return cached
-        prefix = self.model.encode_prefix(list(tokens))
-        self._prefixes = [prefix, *self._prefixes[: self.config.max_cached_prefixes - 1]]
-        return prefix
-
-    def _target_logprobs(
-        self, hidden: torch.Tensor, read_rows: list[int], targets: list[int], vocab_rows: torch.Tensor | None
-    ) -> list[float]:
-        """log P(targets[i]) from the hidden state at read_rows[i]: each distinct row's logits computed once
-        (all candidates share the prompt's last row), a bounded number of rows at a time."""
-        unique_rows = sorted(set(read_rows))
-        slot_of = {row: i for i, row in enumerate(unique_rows)}
-        where = torch.tensor([slot_of[r] for r in read_rows], device=self.device)
-        target = torch.tensor(targets, device=self.device)
-        if vocab_rows is not None:
-            target = torch.searchsorted(vocab_rows, target)
-        out = torch.empty(len(read_rows), dtype=torch.float32, device=self.device)
-        step = 64 if vocab_rows is None else 4096  # full-vocabulary float32 rows are 1 MB each
-        for first in range(0, len(unique_rows), step):
-            rows = torch.tensor(unique_rows[first : first + step], device=self.device)
-            logprobs = torch.log_softmax(self.model.logits(hidden[rows], vocab_rows).float(), dim=-1)  # [n, V|R]
-            picked = (where >= first) & (where < first + len(rows))
-            out[picked] = logprobs[where[picked] - first, target[picked]]
-        return out.tolist()
-
-    def _score_chunk(
-        self,
-        chunk: list[tuple[int, list[int]]],
-        cand_ids: list[list[int]],
-        vocab_rows: torch.Tensor | None,
-        prefix: PrefixKV | None,
-        results: list[ScoreResult | None],
-    ) -> None:
-        tokens: list[int] = []
-        positions: list[int] = []
-        segments: list[Segment] = []
-        read_rows: list[int] = []  # packed row whose hidden state predicts each target
-        targets: list[int] = []  # the candidate token predicted there
-        skip = prefix.length if prefix is not None else 0
-        for _, full_prompt in chunk:
-            prompt = full_prompt[skip:]
-            start, n = len(tokens), len(prompt)
-            tokens.extend(prompt)
-            positions.extend(range(skip, skip + n))
-            branch = [0] * n
-            for b, ids in enumerate(cand_ids, start=1):
-                # Branch b feeds ids[:-1] after the prompt; row of ids[j-1] (or the prompt end) predicts ids[j].
-                branch_start = len(tokens)
-                tokens.extend(ids[:-1])
-                positions.extend(range(skip + n, skip + n + len(ids) - 1))
-                branch.extend([b] * (len(ids) - 1))
-                read_rows.extend([start + n - 1] + [branch_start + j for j in range(len(ids) - 1)])
-                targets.extend(ids)
-            length = len(tokens) - start
-            branch_ids = torch.tensor(branch, device=self.device)
-            segments.append(Segment(start=start, length=length, branch=branch_ids, prefix=prefix))
-        with torch.inference_mode():
-            hidden = self.model.forward_packed(
-                torch.tensor(tokens, device=self.device),
-                torch.tensor(positions, device=self.device),
-                segments,
-            )
-            token_logprobs = self._target_logprobs(hidden, read_rows, targets, vocab_rows)
-        cursor = 0
-        for index, full_prompt in chunk:
-            per_candidate = []
-            for ids in cand_ids:
-                per_candidate.append(sum(token_logprobs[cursor : cursor + len(ids)]))
-                cursor += len(ids)
-            results[index] = ScoreResult(tuple(per_candidate), len(full_prompt))

@@ -179,9 +179,9 @@ def test_score_with_a_shared_prefix_equals_full_forward_in_any_batch(engine):
     shared = _ids(70, 3 * WINDOW)
     prompts = [shared + _ids(71 + i, 2 + i)[1:] for i in range(3)]
     candidates = [" yes", " no way"]
-    engine._prefixes.clear()
+    engine._scorer.prefixes.clear()
     scores = engine.score(prompts, candidates, shared_prefix=shared)
-    assert [p.tokens for p in engine._prefixes] == [tuple(shared)]  # computed once, kept for later calls
+    assert [p.tokens for p in engine._scorer.prefixes] == [tuple(shared)]  # computed once, kept for later calls
     cand_ids = [engine.tokenizer.encode(c, add_bos=False) for c in candidates]
     for prompt, row in zip(prompts, scores, strict=True):
         for j, cand in enumerate(cand_ids):
