@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
+from gemma_ops.finish import FinishChecker, StopStrings
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.model import GemmaModel, Segment
 from gemma_ops.outputs import Completion, ScoreResult
@@ -56,6 +57,7 @@ class _Running:
     prompt: list[int]
     params: SamplingParams
     generator: torch.Generator | None
+    stops: StopStrings | None = None
     slot: int = -1
     output: list[int] = field(default_factory=list)
     finish_reason: str | None = None
@@ -88,7 +90,8 @@ class GemmaEngine:
         self.dtype = model.embed.weight.dtype
         self.max_context = min(config.max_context, model.config.max_position_embeddings)
         model.init_rope(self.max_context)
-        self._stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
+        stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
+        self._finish = FinishChecker(stop_ids, self.max_context, tokenizer.decode)
         self._caches = KVCacheAllocator(model.config, self.max_context, self.device, self.dtype)
         self._scorer = Scorer(model, config.max_batch_tokens, config.max_cached_prefixes)
 
@@ -153,7 +156,8 @@ class GemmaEngine:
             if error is not None:
                 results[index] = Completion("", (), "error", len(ids), error)
             else:
-                waiting.append(_Running(index, ids, p, make_generator(p, fallback_seed=_content_seed(ids))))
+                generator = make_generator(p, fallback_seed=_content_seed(ids))
+                waiting.append(_Running(index, ids, p, generator, stops=self._finish.stop_strings(p)))
         if waiting:
             cache = self._caches.get(min(self.config.max_slots, len(waiting)))
             with torch.inference_mode():
@@ -223,23 +227,11 @@ class GemmaEngine:
             self._check_finished(request)
 
     def _check_finished(self, request: _Running) -> None:
-        params = request.params
-        if not params.ignore_eos and request.output[-1] in self._stop_ids:
-            request.finish_reason = "stop"
-            return
-        if params.stop:
-            text = self.tokenizer.decode(request.output)
-            cut = min((text.find(s) for s in params.stop if s in text), default=-1)
-            if cut >= 0:
-                request.finish_reason, request.text = "stop", text[:cut]
-                # Keep the tokens up to the one that completes the kept text (it may carry the stop's start).
-                keep = next(
-                    k for k in range(len(request.output) + 1) if len(self.tokenizer.decode(request.output[:k])) >= cut
-                )
-                del request.output[keep:]
-                return
-        if len(request.output) >= params.max_new_tokens or request.last_position + 1 >= self.max_context:
-            request.finish_reason = "length"
+        verdict = self._finish.check(request.params, request.output, request.last_position + 1, request.stops)
+        if verdict is not None:
+            request.finish_reason, request.text = verdict.reason, verdict.text
+            if verdict.keep is not None:
+                del request.output[verdict.keep :]
 
     def _retire(self, running: list[_Running], cache: KVCache, results: list[Completion | None]) -> None:
         done = [r for r in running if r.finish_reason is not None]
