@@ -1,31 +1,27 @@
 """GemmaEngine: continuous-batching generation and label scoring over one GemmaModel.
 
-Generation loop (``generate``): waiting requests are admitted into free KV-cache slots while the step's prefill
-token budget lasts; their prompts are prefilled together (packed, no padding); then every running request
-decodes one token per step. A request that finishes (EOS or <end_of_turn>, a stop string, max_new_tokens, the
-context end) frees its slot at once, and the next waiting request takes it. Results come back in input order.
-
-Scoring (``score``): gemma_ops.scoring; each prompt is prefilled once with every candidate continuation branching
-off it (a tree mask), and logits are computed only at the positions that predict candidate tokens.
+Generation (``generate``) is a short loop over a Scheduler: it picks the next batch (a prefill of newly admitted
+prompts, packed without padding, or one decode step of every running request), the model runs it, and each request
+takes its sampled token and its finish check (EOS or <end_of_turn>, a stop string, max_new_tokens, the context
+end). A finished request frees its slot at once and the next waiting request takes it. Results come back in input
+order. Scoring (``score``) is gemma_ops.scoring's; device, dtype and KV-cache sizing are gemma_ops.device's.
 """
 
 from __future__ import annotations
 
-import zlib
-from array import array
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
-from gemma_ops.finish import FinishChecker, StopStrings
+from gemma_ops.finish import FinishChecker
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.model import GemmaModel, Segment
 from gemma_ops.outputs import Completion, ScoreResult
-from gemma_ops.sampling import SamplingParams, make_generator, sample_one
+from gemma_ops.sampling import SamplingParams, content_seed, make_generator, sample_batch
+from gemma_ops.scheduler import Request, Scheduler
 from gemma_ops.scoring import Scorer
 from gemma_ops.tokenizer import GemmaTokenizer
 from gemma_ops.weights import load_model
@@ -49,32 +45,9 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
-class _Running:
-    """One generation request in flight. Invariant: tokens[:cached] are in the KV cache of ``slot``."""
-
-    index: int
-    prompt: list[int]
-    params: SamplingParams
-    generator: torch.Generator | None
-    stops: StopStrings | None = None
-    slot: int = -1
-    output: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    text: str | None = None  # set when a stop string cut the text
-
-    @property
-    def last_position(self) -> int:
-        """Position of the newest token (not yet in the cache)."""
-        return len(self.prompt) + len(self.output) - 1
-
-
-def _content_seed(ids: list[int]) -> int:
-    """Seed for a sampling request without one: from its prompt, so no batch-mate or position changes it."""
-    return zlib.crc32(array("q", ids).tobytes())
-
-
 class GemmaEngine:
+    """Generation and scoring over one model; holds the KV cache and the shared-prefix store between calls."""
+
     def __init__(
         self,
         model: GemmaModel,
@@ -115,6 +88,7 @@ class GemmaEngine:
 
     # ----------------------------------------------------------------------------------------- helpers
     def _prompt_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """Token ids per prompt: the text prompts encoded in one batched call, id lists taken as they are."""
         texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
         ids: list[list[int]] = [[] if isinstance(p, str) else [int(t) for t in p] for p in prompts]
         nonempty = [(i, p) for i, p in texts if p]
@@ -150,49 +124,33 @@ class GemmaEngine:
         if len(per_request) != len(prompts):
             raise ValueError(f"{len(per_request)} SamplingParams for {len(prompts)} prompts")
         results: list[Completion | None] = [None] * len(prompts)
-        waiting: deque[_Running] = deque()
+        waiting: list[Request] = []
         for index, (prompt, ids, p) in enumerate(zip(prompts, self._prompt_ids(prompts), per_request, strict=True)):
             error = self._prompt_error(prompt, ids, room=1)
             if error is not None:
                 results[index] = Completion("", (), "error", len(ids), error)
             else:
-                generator = make_generator(p, fallback_seed=_content_seed(ids))
-                waiting.append(_Running(index, ids, p, generator, stops=self._finish.stop_strings(p)))
+                generator = make_generator(p, fallback_seed=content_seed(ids))
+                waiting.append(Request(index, ids, p, generator, stops=self._finish.stop_strings(p)))
         if waiting:
             cache = self._caches.get(min(self.config.max_slots, len(waiting)))
             with torch.inference_mode():
-                self._run(waiting, cache, results)
+                self._run(Scheduler(waiting, cache, self.config.max_batch_tokens), results)
         return [r for r in results if r is not None]
 
-    def _run(self, waiting: deque[_Running], cache: KVCache, results: list[Completion | None]) -> None:
-        running: list[_Running] = []  # running[i].slot == i
-        while waiting or running:
-            admitted = self._admit(waiting, len(running), cache.max_slots)
-            if admitted:
-                for request in admitted:
-                    request.slot = len(running)
-                    running.append(request)
-                self._prefill(admitted, cache)
-                self._retire(running, cache, results)
-            if running:  # a refill does not hold up the requests already decoding
-                self._decode(running, cache)
-                self._retire(running, cache, results)
+    def _run(self, scheduler: Scheduler, results: list[Completion | None]) -> None:
+        """The engine loop: schedule -> run the model -> postprocess (sample, finish checks, retire)."""
+        while (batch := scheduler.schedule()) is not None:
+            run = self._prefill if batch.prefill else self._decode
+            self._postprocess(batch.requests, run(batch.requests, scheduler.cache))
+            for request in scheduler.retire():
+                results[request.index] = request.completion(self.tokenizer.decode)
 
-    def _admit(self, waiting: deque[_Running], n_running: int, max_slots: int) -> list[_Running]:
-        admitted: list[_Running] = []
-        budget = self.config.max_batch_tokens
-        while waiting and n_running + len(admitted) < max_slots:
-            size = len(waiting[0].prompt)
-            if admitted and size > budget:
-                break
-            admitted.append(waiting.popleft())
-            budget -= size
-        return admitted
-
-    def _prefill(self, admitted: list[_Running], cache: KVCache) -> None:
+    def _prefill(self, requests: Sequence[Request], cache: KVCache) -> torch.Tensor:
+        """Prompts packed back to back, keys/values written to their slots -> logits [k, V] of each last token."""
         tokens, positions, segments, last_rows = [], [], [], []
         start = 0
-        for request in admitted:
+        for request in requests:
             n = len(request.prompt)
             tokens.extend(request.prompt)
             positions.append(torch.arange(n))
@@ -205,44 +163,24 @@ class GemmaEngine:
             segments,
             cache,
         )  # [T, D]
-        logits = self.model.logits(hidden[torch.tensor(last_rows, device=self.device)])  # [k, V]
-        self._append_sampled(admitted, logits)
+        return self.model.logits(hidden[torch.tensor(last_rows, device=self.device)])  # [k, V]
 
-    def _decode(self, running: list[_Running], cache: KVCache) -> None:
-        tokens = torch.tensor([r.output[-1] for r in running], device=self.device)
-        host_positions = [r.last_position for r in running]
+    def _decode(self, requests: Sequence[Request], cache: KVCache) -> torch.Tensor:
+        """One step of the running requests (slots 0..B-1) -> logits [B, V]."""
+        tokens = torch.tensor([r.output[-1] for r in requests], device=self.device)
+        host_positions = [r.last_position for r in requests]
         positions = torch.tensor(host_positions, device=self.device)
         hidden = self.model.forward_step(tokens, positions, cache, max(host_positions) + 1)  # [B, D]
-        self._append_sampled(running, self.model.logits(hidden))
+        return self.model.logits(hidden)
 
-    def _append_sampled(self, requests: list[_Running], logits: torch.Tensor) -> None:
+    def _postprocess(self, requests: Sequence[Request], logits: torch.Tensor) -> None:
         """logits [B, V] -> one new token per request, then its finish check."""
-        greedy_ids = torch.argmax(logits, dim=-1).tolist()
-        for row, request in enumerate(requests):
-            if request.params.greedy:
-                token = greedy_ids[row]
-            else:
-                token = sample_one(logits[row].float().cpu(), request.params, request.generator)
-            request.output.append(token)
-            self._check_finished(request)
-
-    def _check_finished(self, request: _Running) -> None:
-        verdict = self._finish.check(request.params, request.output, request.last_position + 1, request.stops)
-        if verdict is not None:
-            request.finish_reason, request.text = verdict.reason, verdict.text
-            if verdict.keep is not None:
-                del request.output[verdict.keep :]
-
-    def _retire(self, running: list[_Running], cache: KVCache, results: list[Completion | None]) -> None:
-        done = [r for r in running if r.finish_reason is not None]
-        for request in sorted(done, key=lambda r: r.slot, reverse=True):
-            last = running.pop()
-            if last is not request:  # keep running sequences in slots 0..n-1
-                cache.move(last.slot, request.slot, length=last.last_position)
-                last.slot = request.slot
-                running[request.slot] = last
-            text = request.text if request.text is not None else self.tokenizer.decode(request.output)
-            results[request.index] = Completion(text, tuple(request.output), request.finish_reason, len(request.prompt))
+        tokens = sample_batch(logits, [r.params for r in requests], [r.generator for r in requests])
+        for request, token in zip(requests, tokens, strict=True):
+            request.append(token)
+            verdict = self._finish.check(request.params, request.output, request.context_length, request.stops)
+            if verdict is not None:
+                request.finish(verdict)
 
     # ----------------------------------------------------------------------------------------- scoring
     def score(

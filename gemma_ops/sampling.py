@@ -6,6 +6,9 @@ Every request carries its own SamplingParams and, when it samples, its own torch
 
 from __future__ import annotations
 
+import zlib
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -67,6 +70,23 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     scaled = filter_logits(logits.float() / params.temperature, params.top_k, params.top_p)
     probs = torch.softmax(scaled, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_batch(
+    logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+) -> list[int]:
+    """One token per row of logits [B, V]: greedy rows share one argmax (one device sync for the whole batch);
+    sampling rows draw on the host from their own generator, so no batch-mate changes what they draw."""
+    greedy_ids = torch.argmax(logits, dim=-1).tolist()
+    return [
+        greedy_ids[row] if p.greedy else sample_one(logits[row].float().cpu(), p, generator)
+        for row, (p, generator) in enumerate(zip(params, generators, strict=True))
+    ]
+
+
+def content_seed(ids: Sequence[int]) -> int:
+    """Seed for a sampling request without one: from its prompt, so no batch-mate or position changes it."""
+    return zlib.crc32(array("q", ids).tobytes())
 
 
 def make_generator(params: SamplingParams, fallback_seed: int) -> torch.Generator | None:
