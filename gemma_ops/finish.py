@@ -21,10 +21,11 @@ REPLACEMENT = "\ufffd"  # what a byte-fallback piece decodes to while its UTF-8 
 class IncrementalDetokenizer:
     """The text of a growing token list, decoding a short window per new token instead of the whole list.
 
-    The window is the tokens since the last settled piece of text plus that piece as context (a tokenizer may
-    decode a token differently at the start of a text); the new text is what the window adds to its context.
-    Text that ends in U+FFFD may be an unfinished UTF-8 character (byte-fallback pieces): it stays ``pending``,
-    and its tokens stay in the window, until a later token completes it.
+    The window is the tokens not yet settled plus, as context, the tokens of the last settled piece of text (a
+    tokenizer may decode a token differently at the start of a text); the new text is what the window adds to
+    its context. Text that ends in U+FFFD may be an unfinished UTF-8 character (byte-fallback pieces): it stays
+    ``pending``, and its tokens stay in the window, until a later token completes it. Tokens that add no text
+    (special tokens, which decoding skips) leave the window, so a run of them does not grow it.
 
     Invariants: ``text`` only grows; ``ends[k] == len(text)`` once k tokens were pushed. Where decoding is local
     (a token's text depends on the previous settled piece at most), ``text + pending == decode(tokens)`` and
@@ -35,29 +36,30 @@ class IncrementalDetokenizer:
 
     def __init__(self, decode: Decode) -> None:
         self._decode = decode
-        self.tokens: list[int] = []
         self.text = ""  # settled: later tokens never change it
-        self.pending = ""  # what tokens[read:] add for now (U+FFFD per unfinished byte; "" for skipped tokens)
+        self.pending = ""  # what the unsettled tokens add for now (a U+FFFD per unfinished byte)
         self.ends = [0]
-        self._context = 0  # tokens[context:read] decode to the last settled piece; decoded again as context
-        self._read = 0  # tokens[:read] are settled in ``text``
-        self._context_text = ""  # decode(tokens[context:read])
+        self._context: list[int] = []  # the tokens of the last settled piece, decoded again as context
+        self._context_text = ""  # decode(_context)
+        self._unsettled: list[int] = []  # tokens since that piece, not in ``text`` yet
 
     def push(self, token: int) -> None:
         """Add one token: settle the text it completes, or keep it pending."""
-        self.tokens.append(token)
-        window = self._decode(self.tokens[self._context :])
+        self._unsettled.append(token)
+        window = self._decode(self._context + self._unsettled)
         if window.startswith(self._context_text):
             added = window[len(self._context_text) :]
         else:  # the new tokens changed how the context decodes (see above): decode them on their own
-            added = self._decode(self.tokens[self._read :])
-        if added and not added.endswith(REPLACEMENT):
-            self.text += added
-            self.pending = ""
-            self._context, self._read = self._read, len(self.tokens)
-            self._context_text = self._decode(self.tokens[self._context : self._read])
-        else:
+            added = self._decode(self._unsettled)
+        self.pending = ""
+        if not added:  # nothing to show: skipped tokens, which no later token changes
+            self._unsettled = []
+        elif added.endswith(REPLACEMENT):
             self.pending = added
+        else:
+            self.text += added
+            self._context, self._unsettled = self._unsettled, []
+            self._context_text = self._decode(self._context)
         self.ends.append(len(self.text))
 
 
@@ -95,7 +97,7 @@ class StopStrings:
             return None
         cut = start + min(found)
         text = (detok.text + detok.pending)[:cut]
-        return StopCut(text, min(bisect_left(detok.ends, cut), len(detok.tokens)))
+        return StopCut(text, min(bisect_left(detok.ends, cut), len(detok.ends) - 1))
 
 
 @dataclass(frozen=True)

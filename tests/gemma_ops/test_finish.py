@@ -89,6 +89,17 @@ def test_each_step_decodes_a_short_window_not_the_whole_output():
     assert len(tokenizer.calls) <= 2 * 500 and max(tokenizer.calls) <= 2
 
 
+def test_skipped_tokens_do_not_grow_the_window():
+    """A model may repeat <eos> under ignore_eos: each step still decodes a couple of tokens only."""
+    tokenizer = FakeTokenizer()
+    detok = IncrementalDetokenizer(tokenizer.decode)
+    tokens = [FakeTokenizer.word("▁Hello"), *[EOS] * 300, *FakeTokenizer.byte_ids("é"), 0, FakeTokenizer.word("!")]
+    for token in tokens:
+        detok.push(token)
+    assert max(tokenizer.calls) <= 4  # the context piece, the two bytes of é and one skipped token
+    assert detok.text == " Helloé!" == tokenizer.decode(tokens)
+
+
 def test_an_unfinished_character_stays_pending_until_its_last_byte():
     tokenizer = FakeTokenizer()
     detok = IncrementalDetokenizer(tokenizer.decode)
@@ -214,3 +225,24 @@ def test_finish_reasons_in_order_eos_stop_string_length():
     ignoring = SamplingParams(ignore_eos=True)
     assert checker.check(ignoring, [EOS], 5, None) is None
     assert checker.stop_strings(SamplingParams()) is None  # no stop strings: nothing is decoded while generating
+
+
+def test_the_real_gemma_tokenizer_with_byte_fallback_characters(tiny_checkpoints):
+    """The checkpoints' own tokenizer.json: rare characters (𓀀, ꙮ, 𝔘) are spelled as byte pieces."""
+    from gemma_ops.tokenizer import GemmaTokenizer
+
+    tokenizer = GemmaTokenizer.from_pretrained(tiny_checkpoints["gemma3"])
+    text = "Hello 𓀀 world ꙮ! 日本語 🫠 naïve\n\nThe 𝔘 end."
+    ids = tokenizer.encode(text, add_bos=False)
+    assert len(ids) > len(text.split()) + 8  # the byte pieces are really there
+    detok = IncrementalDetokenizer(tokenizer.decode)
+    for k, token in enumerate(ids, start=1):
+        detok.push(token)
+        assert detok.text + detok.pending == tokenizer.decode(ids[:k])
+    assert detok.text == text
+    for stops, kept_text in [(("world",), "Hello 𓀀 "), (("ꙮ!",), "Hello 𓀀 world "), (("end",), text[:-4])]:
+        step, cut_text, keep = _first_cut(tokenizer.decode, ids, stops)
+        assert stops[0] in tokenizer.decode(ids[:step]) and stops[0] not in tokenizer.decode(ids[: step - 1])
+        assert cut_text == kept_text
+        assert tokenizer.decode(ids[:keep]).startswith(kept_text)
+        assert not tokenizer.decode(ids[: keep - 1]).startswith(kept_text)
