@@ -109,18 +109,18 @@ class Finish:
     keep: int | None = None  # output tokens kept (a stop string drops those after the cut)
 
 
+@dataclass(frozen=True)
 class FinishChecker:
     """The finish rules of one engine, applied after every new token in this order: EOS or <end_of_turn> (unless
     ignore_eos), stop strings, then max_new_tokens or the context end."""
 
-    def __init__(self, stop_ids: frozenset[int], max_context: int, decode: Decode) -> None:
-        self.stop_ids = stop_ids
-        self.max_context = max_context
-        self._decode = decode
+    stop_ids: frozenset[int]
+    max_context: int
+    decode: Decode
 
     def stop_strings(self, params: SamplingParams) -> StopStrings | None:
         """Per-sequence stop-string state (None without stop strings: then no text is decoded while generating)."""
-        return StopStrings(params.stop, self._decode) if params.stop else None
+        return StopStrings(params.stop, self.decode) if params.stop else None
 
     def check(
         self, params: SamplingParams, output: Sequence[int], context_length: int, stops: StopStrings | None

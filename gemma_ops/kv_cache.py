@@ -2,7 +2,7 @@
 
 Each of ``max_slots`` slots holds one running sequence. Global layers keep ``max_context`` positions; sliding-window
 layers keep only their window as a ring (position ``p`` lives at index ``p % window``), so long prompts cost them no
-more memory than short ones. The engine keeps its running sequences in slots ``0 .. n_active-1`` (it moves the
+more memory than short ones. The scheduler keeps its running requests in slots ``0 .. n_active-1`` (it moves the
 last one into a freed slot), so decoding reads plain views of the cache instead of gathering slots.
 """
 
