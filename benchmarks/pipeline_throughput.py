@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gemma_ops.handler import build_engine, resolve_model_path
-from gemma_ops.runner import EngineRunner
+from common.records import Record
+from inference.handler import build_engine, resolve_model_path
+from inference.runner import EngineRunner
 from pipelines.options import JobConfig
 from pipelines.pipeline import build_pipeline
-from transforms.base import Record
 from transforms.sentiment import SentimentTask
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample.jsonl"
@@ -50,9 +50,9 @@ def engine_rate(records: list[dict], model: str, batch_max_tokens: int) -> tuple
     runner = EngineRunner(engine)
     task = SentimentTask()
     requests = [task.build_request(Record(r["id"], r["text"])) for r in records]
-    candidates = list(runner.candidates(requests[0]))
-    prompts = [runner.prompt_ids(r) for r in requests]
-    head = runner.shared_prefix(requests[0])  # the template's head, shared as in the pipeline
+    candidates = list(runner.prompts.candidates(requests[0]))
+    prompts = [runner.prompts.prompt_ids(r)[0] for r in requests]
+    head = runner.prompts.head(requests[0].template)  # the template's head, shared as in the pipeline
     engine.score(prompts[:8], candidates, restrict_vocab=True, shared_prefix=head)  # warm-up
     start = time.perf_counter()
     results = engine.score(prompts, candidates, restrict_vocab=True, shared_prefix=head)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.base import METRICS_NAMESPACE
+from common import metrics
 
 
 class ErrorRateExceeded(RuntimeError):
@@ -74,7 +74,7 @@ class CheckAccounting(beam.PTransform):
 
         def check(_, n_in: int, n_results: int, n_errors: int, **_waits) -> Accounting:
             counts = check_accounting(Accounting(n_in, n_results, n_errors), max_rate, errors_at)
-            Metrics.counter(METRICS_NAMESPACE, "accounted_records").inc(n_in)
+            Metrics.counter(metrics.PIPELINE_NAMESPACE, metrics.ACCOUNTED_RECORDS).inc(n_in)
             return counts
 
         return (

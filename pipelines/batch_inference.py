@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import JobConfig, add_job_arguments, rename_labels_flag
+from pipelines.options import JobConfig, add_cli_arguments, rename_labels_flag
 from pipelines.pipeline import build_pipeline
 from pipelines.progress import PROGRESS_LOGGER, summarize_run
 
@@ -27,7 +27,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PipelineOptions, JobConfig]:
         description="Run a Gemma model over JSONL/Parquet records with Apache Beam and write typed results. "
         "Beam's own flags (--runner, --project, --region, --temp_location, ...) are accepted too.",
     )
-    add_job_arguments(parser)
+    add_cli_arguments(parser)
     args = list(argv) if argv is not None else sys.argv[1:]
     parser.parse_known_args(args)  # --help and bad choices exit here with a clear message
     options = PipelineOptions(rename_labels_flag(args))

@@ -22,7 +22,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 
-from transforms.base import ERRORS_TAG, DeadLetter, preview
+from common.records import ERRORS_TAG, DeadLetter
+from common.text import preview
 
 RUN_DATE_FIELD = "run_date"
 ERRORS_SUFFIX = "_errors"
@@ -360,29 +361,6 @@ class LoadPartition(beam.PTransform):
     def expand(self, rows):
         _ = rows | "ClearIfEmpty" >> ClearPartitionIfEmpty(self._table, self._run_date)
         return rows | "LoadPartition" >> partition_sink(self._table, self._schema, self._run_date, self._temp_location)
-
-
-class WriteResultsToBigQuery(beam.PTransform):
-    """Task rows -> the run's partition of ``table``; returns the rows that broke the schema as dead letters.
-
-    ``temp_location`` is a gs:// folder for load files (default: the pipeline's --temp_location).
-    """
-
-    def __init__(
-        self,
-        table: str,
-        task_schema: pa.Schema,
-        run_date: datetime.date,
-        temp_location: str | None = None,
-    ) -> None:
-        super().__init__()
-        self._validate = ValidateForBigQuery(task_schema, run_date)
-        self._load = LoadPartition(table, task_schema, run_date, temp_location)
-
-    def expand(self, rows):
-        valid, rejected = rows | "Validate" >> self._validate
-        _ = valid | "Load" >> self._load
-        return rejected
 
 
 class WriteErrorsToBigQuery(beam.PTransform):

@@ -7,41 +7,21 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 
-from gemma_ops.handler import GemmaModelHandler
+from inference.handler import GemmaModelHandler
+from inference.settings import ModelSettings
 from pipelines.accounting import CheckAccounting
 from pipelines.bigquery import LoadPartition, ValidateForBigQuery, WriteErrorsToBigQuery
 from pipelines.io import ReadRecords, RecordSpec, WriteErrors, WriteResults, output_prefix
 from pipelines.options import JobConfig
 from pipelines.progress import ReportProgress
 from pipelines.publish import Publish, staging_dir
-from transforms.base import InferTask, Task
-from transforms.classify import ClassifyTask
-from transforms.sentiment import SentimentTask
-from transforms.summarize import SummarizeTask
-
-
-def make_task(config: JobConfig) -> Task:
-    if config.task == "sentiment":
-        return SentimentTask(calibrate=config.calibrate)
-    if config.task == "classify":
-        return ClassifyTask(config.labels, calibrate=config.calibrate)
-    if config.task == "summarize":
-        return SummarizeTask(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
-    raise ValueError(f"unknown task {config.task!r} (expected sentiment, classify or summarize)")
+from transforms.infer import InferTask
+from transforms.registry import make_task
 
 
 def make_handler(config: JobConfig) -> GemmaModelHandler:
-    return GemmaModelHandler(
-        model=config.model,
-        device=config.device,
-        dtype=config.dtype,
-        engine_max_batch_tokens=config.engine_max_batch_tokens,
-        prompt_style=config.prompt_style,  # type: ignore[arg-type]
-        max_prompt_tokens=config.max_prompt_tokens,
-        overflow=config.on_overflow,  # type: ignore[arg-type]
-        batch_max_tokens=config.batch_max_tokens,
-        model_copies=config.model_copies or None,
-    )
+    """The Gemma handler for a job: its model settings, as declared."""
+    return GemmaModelHandler(ModelSettings.of(config))
 
 
 @dataclass(frozen=True)
@@ -60,9 +40,9 @@ def build_pipeline(
 ) -> JobOutputs:
     """Add the whole job to ``pipeline``; ``handler`` replaces the Gemma handler (tests use a fake one)."""
     task = make_task(config)
-    spec = RecordSpec(config.text_field, config.id_field, config.max_record_bytes, config.on_overflow)
-    records, read_errors = pipeline | "Read" >> ReadRecords(config.input, spec, config.input_format)
-    rows, task_errors = records | "Infer" >> InferTask(task, handler or make_handler(config), config.run_id)
+    records, read_errors = pipeline | "Read" >> ReadRecords(config.input, RecordSpec.of(config), config.input_format)
+    handler = handler or make_handler(config)
+    rows, task_errors = records | "Infer" >> InferTask(task, handler, config.run_id)
     if progress:
         rows = rows | "Progress" >> beam.ParDo(ReportProgress())
     errors = (read_errors, task_errors) | "AllErrors" >> beam.Flatten()

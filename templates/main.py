@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 RUN_DATE_PLACEHOLDER = "{run_date}"
 LAUNCH_FLAGS = ("run_date", "run_date_offset_days")
+# The template's validation of the launch flags (metadata.json).
+LAUNCH_PATTERNS = {"run_date": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "run_date_offset_days": r"^-?[0-9]+$"}
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,11 +39,10 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_run_date(run_date: str | None, offset_days: int, today: datetime.date) -> datetime.date:
+    from common.settings import parse_date
+
     if run_date:
-        try:
-            return datetime.date.fromisoformat(run_date)
-        except ValueError as err:
-            raise ValueError(f"--run_date {run_date!r} is not a date like 2026-01-31") from err
+        return parse_date("run_date", run_date)
     return today + datetime.timedelta(days=offset_days)
 
 
@@ -70,14 +71,13 @@ def expand_launch_args(
 
 
 def pipeline_flags() -> tuple[list[str], bool]:
-    """The pipeline's boolean flags, and whether it declares --run_date (read from its options)."""
-    from pipelines.options import GemmaOptions
+    """The pipeline's boolean flags, and whether it declares --run_date (read from its settings)."""
+    from common.settings import declared
+    from pipelines.options import JOB_GROUPS
 
-    parser = argparse.ArgumentParser(add_help=False)
-    GemmaOptions._add_argparse_args(parser)
-    bools = [a.dest for a in parser._actions if a.nargs == 0 and a.option_strings]
-    dests = {a.dest for a in parser._actions}
-    return bools, "run_date" in dests
+    settings = [item for group in JOB_GROUPS for item in declared(group)]
+    bools = [item.flag for item in settings if item.kind is bool]
+    return bools, any(item.flag == "run_date" for item in settings)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

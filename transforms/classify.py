@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from gemma_ops.batch_requests import PromptSpec, PromptTemplate
+from inference.requests import PromptSpec, PromptTemplate
 from transforms.scoring import ScoringTask, parse_labels
+
+if TYPE_CHECKING:
+    from transforms.settings import TaskSettings
 
 
 def classify_template(labels: Sequence[str]) -> PromptTemplate:
@@ -34,3 +38,7 @@ class ClassifyTask(ScoringTask):
     def __init__(self, labels: str | Sequence[str], calibrate: bool = True):
         parsed = parse_labels(labels)
         super().__init__("classify", parsed, classify_template(parsed), calibrate=calibrate)
+
+    @classmethod
+    def from_settings(cls, settings: TaskSettings) -> ClassifyTask:
+        return cls(settings.labels, calibrate=settings.calibrate)

@@ -14,8 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from gemma_ops.batch_requests import PromptTemplate, Response, ScoreRequest, ScoreResponse
-from transforms.base import Record, Task, prompt_safe
+from common.records import Record
+from inference.requests import PromptTemplate, Response, ScoreRequest, ScoreResponse
+from transforms.task import Task
+from transforms.text import prompt_safe
 
 DEFAULT_CALIBRATION_DOCUMENTS = ("N/A", "", "[text]")
 

@@ -10,8 +10,13 @@ base model rarely writes "neutral" after a review, but readily says it holds no 
 
 from __future__ import annotations
 
-from gemma_ops.batch_requests import PromptSpec, PromptTemplate
+from typing import TYPE_CHECKING
+
+from inference.requests import PromptSpec, PromptTemplate
 from transforms.scoring import ScoringTask
+
+if TYPE_CHECKING:
+    from transforms.settings import TaskSettings
 
 SENTIMENT_LABELS = ("positive", "negative", "neutral")
 SENTIMENT_WORDS = ("positive", "negative", "none")  # what the model scores for each label
@@ -56,3 +61,7 @@ class SentimentTask(ScoringTask):
 
     def __init__(self, calibrate: bool = True):
         super().__init__("sentiment", SENTIMENT_LABELS, SENTIMENT_TEMPLATE, calibrate=calibrate, words=SENTIMENT_WORDS)
+
+    @classmethod
+    def from_settings(cls, settings: TaskSettings) -> SentimentTask:
+        return cls(calibrate=settings.calibrate)

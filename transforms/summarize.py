@@ -8,13 +8,18 @@ any start of a further few-shot example are removed. A document longer than the 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from gemma_ops.batch_requests import GenerateRequest, GenerateResponse, PromptSpec, PromptTemplate, Response
+from common.records import Record
 from gemma_ops.sampling import SamplingParams
-from transforms.base import CONTROL_TOKEN, WHITESPACE, Record, Task, prompt_safe
+from inference.requests import GenerateRequest, GenerateResponse, PromptSpec, PromptTemplate, Response
+from transforms.task import Task
+from transforms.text import WHITESPACE, prompt_safe, strip_control_token_text
+
+if TYPE_CHECKING:
+    from transforms.settings import TaskSettings
 
 # Two short examples whose summaries compress rather than copy: with one example (or none) the embedded base
 # model echoed the record or blended the example's content into its summary.
@@ -51,7 +56,7 @@ _NEXT_EXAMPLE = re.compile(r"\n?\s*Text:\s*\"\"\".*", re.DOTALL)
 
 def clean_summary(text: str) -> str:
     """The summary without control tokens, prompt echoes, a following example, or stray quotes."""
-    text = CONTROL_TOKEN.sub("", text)
+    text = strip_control_token_text(text)
     text = _NEXT_EXAMPLE.sub("", text)
     text = _ECHO_PREFIX.sub("", text)
     text = WHITESPACE.sub(" ", text).strip()
@@ -69,6 +74,10 @@ class SummarizeTask(Task):
         self.params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop=STOP_STRINGS
         )
+
+    @classmethod
+    def from_settings(cls, settings: TaskSettings) -> SummarizeTask:
+        return cls(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed)
 
     def build_request(self, record: Record) -> GenerateRequest:
         return GenerateRequest(document=prompt_safe(record.text), template=SUMMARIZE_TEMPLATE, params=self.params)

@@ -15,9 +15,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from common.records import DeadLetter
 from pipelines import bigquery as bq
 from tests.dataflow.conftest import PROJECT
-from transforms.base import DeadLetter
 from transforms.sentiment import SentimentTask
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -45,11 +45,9 @@ def run_write(emulators, rows, letters, dataset: str, run_id: str = "run-1") -> 
     table = f"{PROJECT}:{dataset}.sentiment"
     options = PipelineOptions([f"--project={PROJECT}", f"--temp_location={emulators.temp_location}"])
     with beam.Pipeline(runner=RUNNER, options=options) as pipeline:
-        bad_rows = (
-            pipeline
-            | "Rows" >> beam.Create(rows)
-            | bq.WriteResultsToBigQuery(table, SCHEMA, RUN_DATE, emulators.temp_location)
-        )
+        # The pipeline's own path: validate (bad rows become dead letters), then load the partition.
+        valid, bad_rows = pipeline | "Rows" >> beam.Create(rows) | bq.ValidateForBigQuery(SCHEMA, RUN_DATE)
+        _ = valid | bq.LoadPartition(table, SCHEMA, RUN_DATE, emulators.temp_location)
         given = pipeline | "Letters" >> beam.Create(letters)
         _ = (
             (given, bad_rows)

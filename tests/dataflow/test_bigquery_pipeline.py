@@ -11,7 +11,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gemma_ops.handler import GemmaModelHandler
+from inference.handler import GemmaModelHandler
+from inference.settings import ModelSettings
 from pipelines.options import JobConfig
 from pipelines.pipeline import build_pipeline
 from tests.dataflow.conftest import PROJECT
@@ -41,7 +42,9 @@ def run_job(emulators, tmp_path, dataset: str, lines=tuple(LINES), **overrides) 
     )
     options = PipelineOptions([f"--project={PROJECT}", f"--temp_location={emulators.temp_location}"])
     pipeline = beam.Pipeline(runner=RUNNER, options=options)
-    handler = GemmaModelHandler(engine_factory=fake_engine_factory, model_resolver=fake_resolver, model_copies=None)
+    handler = GemmaModelHandler(
+        ModelSettings(model_copies=0), engine_factory=fake_engine_factory, model_resolver=fake_resolver
+    )
     build_pipeline(pipeline, config, handler=handler, progress=False)
     pipeline.run().wait_until_finish()
 

@@ -33,7 +33,6 @@ TINY = GemmaConfig.from_dict(
 
 def test_kv_bytes_per_token_counts_sliding_windows():
     # 4 layers x (K and V) x 2 kv heads x 16 dims x 2 bytes = 512 bytes for a token every layer keeps.
-    assert TINY.kv_bytes_per_token == 512
     assert sizing.kv_bytes_per_token(TINY, seq_len=8) == 512
     # At 64 tokens the two sliding layers keep 8 positions: (2*64 + 2*8) * 128 bytes / 64 tokens = 288.
     assert sizing.kv_bytes_per_token(TINY, seq_len=64) == 288
@@ -64,7 +63,7 @@ def test_budgets_grow_with_gpu_memory_for_a_real_gemma_shape():
             "sliding_window": 4096,
         }
     )
-    assert gemma2_9b.kv_bytes_per_token == 344064
+    assert sizing.kv_bytes_per_token(gemma2_9b, seq_len=4096) == 344064  # every layer keeps all 4096
     weights = 18_500_000_000
     with pytest.raises(ValueError, match="do not fit a A100"):
         sizing.token_budget(gemma2_9b, 3 * weights, sizing.GPUS["A100"])  # 27B-sized weights
@@ -76,7 +75,7 @@ def test_budgets_grow_with_gpu_memory_for_a_real_gemma_shape():
     assert h100.tokens == (int(80 * GIB * 0.85) - weights - sizing.OVERHEAD_BYTES) // per_token
 
 
-def test_budgets_from_a_checkpoint_folder(tmp_path):
+def test_budgets_from_a_checkpoint_folder(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma", "vocab_size": 10, "hidden_size": 8,
         "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 4}))  # fmt: skip
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
@@ -86,6 +85,12 @@ def test_budgets_from_a_checkpoint_folder(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors"):
         sizing.default_budgets(tmp_path)
+    monkeypatch.setattr(sizing, "checkpoint_weight_bytes", lambda path: 60 * GIB)  # too big for some GPUs
+    budgets = sizing.default_budgets(tmp_path, seq_len=16)
+    assert budgets["L4"] == (
+        "the weights (60.0 GiB) do not fit a L4 (24 GiB at 85%); pick a larger GPU or a smaller model"
+    )
+    assert isinstance(budgets["A100"], str) and budgets["H100"].tokens == sizing.MAX_BUDGET_TOKENS
 
 
 def write_jsonl(path, n):
@@ -130,19 +135,19 @@ def test_plan_errors_say_what_to_fix(tmp_path):
 def test_record_tokens_match_the_prompts_a_run_sends():
     """Counted with the fake one-token-per-character tokenizer (plus BOS), so each figure follows from the
     template strings: sentiment scores its label *words* (" none" for neutral), chat style adds the turn."""
-    from gemma_ops.runner import EngineRunner
+    from common.records import Record
+    from inference.prompts import PromptEncoder
     from pipelines.options import JobConfig
-    from pipelines.pipeline import make_task
     from tests.transforms.fakes import FakeTokenizer
-    from transforms.base import Record
+    from transforms.registry import make_task
     from transforms.sentiment import SENTIMENT_TEMPLATE
     from transforms.summarize import SUMMARIZE_TEMPLATE
 
     record = Record(id="1", text="great phone")
     sentiment = make_task(JobConfig(input="x", output="y", task="sentiment"))
     summarize = make_task(JobConfig(input="x", output="y", task="summarize", max_new_tokens=40))
-    completion = EngineRunner(plan.TokenizerOnlyEngine(FakeTokenizer(), 4096))
-    chat = EngineRunner(plan.TokenizerOnlyEngine(FakeTokenizer(chat=True), 4096))
+    completion = PromptEncoder(FakeTokenizer(), 4096)
+    chat = PromptEncoder(FakeTokenizer(chat=True), 4096)
 
     spec = SENTIMENT_TEMPLATE.completion
     words = len(" positive") + len(" negative") + len(" none")  # not " neutral"
@@ -159,3 +164,5 @@ def test_record_tokens_match_the_prompts_a_run_sends():
     assert (
         plan.record_tokens(completion, summarize, record) == 1 + len(m_spec.prefix + "great phone" + m_spec.suffix) + 40
     )
+    cut = PromptEncoder(FakeTokenizer(), 60, overflow="error")  # the run would dead-letter it: costs nothing
+    assert plan.record_tokens(cut, summarize, record) is None

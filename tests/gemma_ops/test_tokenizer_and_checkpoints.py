@@ -10,7 +10,8 @@ import pytest
 import sentencepiece
 from transformers import AutoTokenizer
 
-from gemma_ops.checkpoints import _build_once, resolve_model
+from gemma_ops.checkpoints import is_checkpoint_dir, resolve_model
+from gemma_ops.checkpoints.staging import build_once
 from gemma_ops.tokenizer import GemmaTokenizer
 
 
@@ -74,7 +75,7 @@ def _slow_build(target: str, marker: str) -> str:
         time.sleep(0.5)  # both racers are mid-build at once
         (staging / "model.safetensors").write_text(marker)
 
-    return str(_build_once(Path(target), build))
+    return str(build_once(Path(target), build, is_checkpoint_dir))
 
 
 def test_concurrent_builds_on_a_cold_cache_leave_one_complete_checkpoint(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.batch_inference import main
 from pipelines.options import JobConfig
-from pipelines.pipeline import make_task
+from transforms.registry import make_task
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample.jsonl"
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"

@@ -112,7 +112,7 @@ def test_max_error_rate_flag():
     _, parsed = parse_args(["--input", "i", "--output", "o", "--max_error_rate", "0.02"])
     assert parsed.max_error_rate == 0.02
     assert parse_args(["--input", "i", "--output", "o"])[1].max_error_rate is None
-    with pytest.raises(ValueError, match=r"--max_error_rate must be a fraction between 0 and 1, got 2\.0"):
+    with pytest.raises(ValueError, match=r"--max_error_rate must be <= 1, got 2\.0"):
         JobConfig(input="i", output="o", max_error_rate=2.0)
 
 

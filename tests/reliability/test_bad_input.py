@@ -14,13 +14,13 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import pipelines.pipeline
-from gemma_ops.batch_requests import ScoreResponse
-from gemma_ops.handler import GemmaModelHandler
+from common.records import DeadLetter, Record
+from inference.handler import GemmaModelHandler
+from inference.requests import ScoreResponse
 from pipelines.io import ReadRecords, RecordSpec, cut_utf8, error_json, parse_line
 from pipelines.options import JobConfig
 from tests.reliability.jobs import error_rows, result_rows, run_job
 from tests.transforms.fakes import fake_engine_factory, fake_resolver
-from transforms.base import DeadLetter, Record
 from transforms.sentiment import SentimentTask
 
 FN_API = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"

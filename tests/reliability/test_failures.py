@@ -11,10 +11,11 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gemma_ops.batch_requests import GenerateRequest, ScoreRequest, ScoreResponse
-from gemma_ops.handler import GemmaModelHandler
-from gemma_ops.runner import EngineRunner, is_out_of_memory
 from gemma_ops.sampling import SamplingParams
+from inference.handler import GemmaModelHandler
+from inference.requests import GenerateRequest, ScoreRequest, ScoreResponse
+from inference.runner import EngineRunner, is_out_of_memory
+from inference.settings import ModelSettings
 from pipelines.options import JobConfig
 from pipelines.pipeline import build_pipeline
 from pipelines.progress import summarize_run
@@ -32,7 +33,7 @@ def crashing_factory(path, **kwargs) -> CrashingEngine:
 
 
 def handler_for(factory) -> GemmaModelHandler:
-    return GemmaModelHandler(engine_factory=factory, model_resolver=fake_resolver, model_copies=None)
+    return GemmaModelHandler(ModelSettings(model_copies=0), engine_factory=factory, model_resolver=fake_resolver)
 
 
 def score(text: str) -> ScoreRequest:
@@ -55,9 +56,9 @@ def test_out_of_memory_halves_the_engine_call_and_gives_the_same_results():
     params = SamplingParams(max_new_tokens=8)
     requests = [GenerateRequest(f"doc number {i} words", SENTIMENT_TEMPLATE, params) for i in range(5)]
     requests += [score(t) for t in ["great", "awful", "hours", "love", "broken"]]
-    expected = EngineRunner(FakeEngine(), prompt_style="completion").run(requests)
+    expected = EngineRunner(FakeEngine(), ModelSettings(prompt_style="completion")).run(requests)
     engine = OutOfMemoryEngine(fits=2)
-    runner = EngineRunner(engine, prompt_style="completion")
+    runner = EngineRunner(engine, ModelSettings(prompt_style="completion"))
     assert runner.run(requests) == expected
     # scoring 5 prompts runs out of memory; halved to 2 per call it fits (2 + 2 + 1); generate keeps the size
     assert engine.score_calls == [2, 2, 1] and engine.generate_calls == [2, 2, 1]

@@ -12,13 +12,14 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gemma_ops.batch_requests import ScoreResponse
+from common.records import DeadLetter, Record
+from common.text import extra_json
+from inference.requests import ScoreResponse
 from pipelines.io import RecordSpec, _ReadParquetFile, error_json, parse_line
-from transforms.base import DeadLetter, Record, extra_json
 from transforms.classify import ClassifyTask
 from transforms.summarize import clean_summary
 
-SPEC = RecordSpec(max_record_bytes=400)
+SPEC = RecordSpec(max_record_bytes=400, on_overflow="error")
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # JSON's \uXXXX escapes can carry lone surrogates, which no UTF-8 writer accepts: generate them too.

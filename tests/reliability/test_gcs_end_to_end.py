@@ -10,7 +10,8 @@ import time
 import pyarrow.parquet as pq
 
 from gemma_ops.checkpoints import CACHE_ENV
-from gemma_ops.handler import GemmaModelHandler
+from inference.handler import GemmaModelHandler
+from inference.settings import ModelSettings
 from pipelines.options import JobConfig
 from tests.reliability.jobs import run_job
 
@@ -40,7 +41,7 @@ def test_gs_input_output_and_model(gcs, tiny_gemma3, tmp_path, monkeypatch):
     config = JobConfig(
         input="gs://in/reviews/*.jsonl", output="gs://out/run", model="gs://models/tiny", run_id="gcs", num_shards=1
     )
-    handler = GemmaModelHandler(model=config.model, device="cpu", dtype="float32", model_copies=None)
+    handler = GemmaModelHandler(ModelSettings(model=config.model, device="cpu", dtype="float32", model_copies=0))
     started = time.monotonic()
     summary = run_job(config, handler)
     assert time.monotonic() - started < 60  # no ~25 s credential retries

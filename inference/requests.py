@@ -1,21 +1,15 @@
 """The requests a pipeline sends the model and the responses it gets back: small, frozen, picklable.
 
 A model shared across processes (Beam's ``share_model_across_processes``) lives behind a proxy, so these
-types are all that crosses the process boundary: plain data, no tensors. Beam-free.
+types are all that crosses the process boundary: plain data, no tensors. A request carries its task's prompt
+template; the wording is the task's, the rendering (style, tokens, truncation) the runner's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from gemma_ops.sampling import SamplingParams
-
-PromptStyle = Literal["auto", "completion", "chat"]
-Overflow = Literal["truncate", "error"]
-# Batches are weighed in estimated tokens before tokenization (the tokenizer lives with the model):
-# English text averages about 4 UTF-8 bytes per Gemma token; 3 errs on the heavy side.
-BYTES_PER_TOKEN_ESTIMATE = 3
 
 
 @dataclass(frozen=True)
@@ -112,19 +106,6 @@ class RunnerInfo:
 
 class PromptTooLong(ValueError):
     """The prompt exceeds the context (or --max_prompt_tokens) and truncation is off or impossible."""
-
-
-def estimate_tokens(element: Any) -> int:
-    """Batch weight of a request or a ``(key, request)`` pair: estimated prompt + output tokens."""
-    request = element[1] if isinstance(element, tuple) else element
-    template = request.template.completion
-    size = len((template.prefix + request.document + template.suffix).encode("utf-8"))
-    tokens = size // BYTES_PER_TOKEN_ESTIMATE + 1
-    if isinstance(request, GenerateRequest):
-        tokens += request.params.max_new_tokens
-    else:
-        tokens += 2 * len(request.labels)
-    return tokens
 
 
 def error_response(request: Request, message: str, style: str, model: str) -> Response:

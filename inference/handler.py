@@ -1,11 +1,9 @@
 """GemmaModelHandler: Beam's RunInference over the GemmaEngine.
 
 The handler takes ``(key, request)`` pairs and returns ``(key, response)`` pairs, one per element, in order.
-Keys (the pipeline's records) stay in the SDK process; only the request dataclasses of ``batch_requests``
+Keys (the pipeline's records) stay in the SDK process; only the request dataclasses of ``inference.requests``
 reach the model, which may live in another process (``share_model_across_processes``). The loaded model
-is an :class:`~gemma_ops.runner.EngineRunner`.
-
-This is the one module of ``gemma_ops`` that imports Beam.
+is an :class:`~inference.runner.EngineRunner`.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import logging
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,21 +20,14 @@ import fasteners
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from gemma_ops.batch_requests import (
-    GenerateResponse,
-    Overflow,
-    PromptStyle,
-    Request,
-    Response,
-    RunnerInfo,
-    error_response,
-    estimate_tokens,
-)
-from gemma_ops.runner import EngineRunner
+from common import metrics
+from common.metrics import ENGINE_NAMESPACE
+from inference.batching import estimate_tokens
+from inference.requests import GenerateResponse, Request, Response, RunnerInfo, error_response
+from inference.runner import EngineRunner
+from inference.settings import ModelSettings
 
 _LOG = logging.getLogger(__name__)
-METRICS_NAMESPACE = "gemma"
-LOAD_MARKER_ENV = "GEMMA_BEAM_LOAD_MARKER_DIR"  # tests: every load_model() leaves one file here
 GPU_PICK_LOCK = "gemma-beam-gpu-pick.lock"
 
 
@@ -68,6 +58,7 @@ def _free_gpu_memory() -> list[int]:
 
 
 def resolve_model_path(model: str) -> Path:
+    """The default model resolver, imported here so Beam code never needs torch."""
     from gemma_ops.checkpoints import resolve_model
 
     return resolve_model(model)
@@ -82,82 +73,51 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
 
     def __init__(
         self,
+        settings: ModelSettings | None = None,
         *,
-        model: str = "embedded",
-        device: str | None = None,
-        dtype: str | None = None,
-        engine_max_batch_tokens: int | None = None,
-        engine_max_slots: int | None = None,
-        prompt_style: PromptStyle = "auto",
-        max_prompt_tokens: int | None = None,
-        overflow: Overflow = "truncate",
-        batch_max_tokens: int = 16384,
-        model_copies: int | None = 1,
         engine_factory: Callable[..., Any] = build_engine,
         model_resolver: Callable[[str], Path] = resolve_model_path,
     ) -> None:
-        if batch_max_tokens < 1:
-            raise ValueError(f"batch_max_tokens must be >= 1, got {batch_max_tokens}")
-        if model_copies is not None and model_copies < 1:
-            raise ValueError(f"model_copies must be >= 1 (or None for one model per process), got {model_copies}")
-        if prompt_style not in ("auto", "completion", "chat"):
-            raise ValueError(f"prompt_style must be auto, completion or chat, got {prompt_style!r}")
+        settings = settings or ModelSettings()
         # Beam 2.77's BatchElements has no max_batch_weight: with an element_size_fn, min/max_batch_size are
         # totals of element weights, so a batch holds up to batch_max_tokens estimated tokens.
-        super().__init__(model_copies=model_copies)
-        self._batch_max_tokens = batch_max_tokens
-        self._model = model
-        self._engine_kwargs = {
-            k: v
-            for k, v in {
-                "device": device,
-                "dtype": dtype,
-                "max_batch_tokens": engine_max_batch_tokens,
-                "max_slots": engine_max_slots,
-            }.items()
-            if v is not None
-        }
-        self._prompt_style = prompt_style
-        self._max_prompt_tokens = max_prompt_tokens
-        self._overflow = overflow
+        super().__init__(model_copies=settings.model_copies or None)
+        self._settings = settings
         self._engine_factory = engine_factory
         self._model_resolver = model_resolver
         self._info: RunnerInfo | None = None
-        self._prompt_tokens = Metrics.counter(METRICS_NAMESPACE, "prompt_tokens")
-        self._output_tokens = Metrics.counter(METRICS_NAMESPACE, "generated_tokens")
-        self._batches = Metrics.counter(METRICS_NAMESPACE, "batches")
-        self._requests = Metrics.counter(METRICS_NAMESPACE, "requests")
-        self._request_errors = Metrics.counter(METRICS_NAMESPACE, "request_errors")
-        self._truncated = Metrics.counter(METRICS_NAMESPACE, "truncated_prompts")
-        self._split_batches = Metrics.counter(METRICS_NAMESPACE, "failed_batches_split")
-        self._isolated = Metrics.counter(METRICS_NAMESPACE, "isolated_failures")
-        self._load_ms = Metrics.distribution(METRICS_NAMESPACE, "model_load_ms")
+        counter = lambda name: Metrics.counter(ENGINE_NAMESPACE, name)  # noqa: E731
+        self._prompt_tokens = counter(metrics.PROMPT_TOKENS)
+        self._output_tokens = counter(metrics.GENERATED_TOKENS)
+        self._batches = counter(metrics.BATCHES)
+        self._requests = counter(metrics.REQUESTS)
+        self._request_errors = counter(metrics.REQUEST_ERRORS)
+        self._truncated = counter(metrics.TRUNCATED_PROMPTS)
+        self._split_batches = counter(metrics.FAILED_BATCHES_SPLIT)
+        self._isolated = counter(metrics.ISOLATED_FAILURES)
+        self._load_ms = Metrics.distribution(ENGINE_NAMESPACE, metrics.MODEL_LOAD_MS)
 
     def load_model(self) -> EngineRunner:
         start = time.perf_counter()
-        path = self._model_resolver(self._model)
-        if "device" in self._engine_kwargs or _gpu_count() < 2:
-            engine = self._engine_factory(path, **self._engine_kwargs)
+        model = self._settings.model
+        path = self._model_resolver(model)
+        engine_kwargs = self._settings.engine_kwargs()
+        if "device" in engine_kwargs or _gpu_count() < 2:
+            engine = self._engine_factory(path, **engine_kwargs)
         else:
             # Several GPUs: each model copy goes to the GPU with the most free memory. Copies load one at a
             # time (a machine-wide lock) so that each one sees the memory the previous one took.
             with fasteners.InterProcessLock(os.path.join(tempfile.gettempdir(), GPU_PICK_LOCK)):
                 device = f"cuda:{pick_gpu(_free_gpu_memory())}"
-                engine = self._engine_factory(path, **{**self._engine_kwargs, "device": device})
+                engine = self._engine_factory(path, **{**engine_kwargs, "device": device})
         seconds = time.perf_counter() - start
-        _LOG.info("loaded %s from %s in %.1f s (pid %d)", self._model, path, seconds, os.getpid())
-        marker_dir = os.environ.get(LOAD_MARKER_ENV)
-        if marker_dir:
-            Path(marker_dir).mkdir(parents=True, exist_ok=True)
-            (Path(marker_dir) / f"load-{os.getpid()}-{uuid.uuid4().hex[:8]}").write_text(str(path))
+        _LOG.info("loaded %s from %s in %.1f s (pid %d)", model, path, seconds, os.getpid())
         return EngineRunner(
             engine,
-            prompt_style=self._prompt_style,
-            max_prompt_tokens=self._max_prompt_tokens,
-            overflow=self._overflow,
+            self._settings,
             load_seconds=seconds,
             # a gs:// model is loaded from a cache folder named by a digest: the rows name the source instead
-            model_name=self._model.rstrip("/") if self._model.startswith("gs://") else None,
+            model_name=model.rstrip("/") if model.startswith("gs://") else None,
         )
 
     def run_inference(
@@ -200,7 +160,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
             return self._run_isolating(model, requests[:mid], info) + self._run_isolating(model, requests[mid:], info)
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        budget = self._batch_max_tokens
+        budget = self._settings.batch_max_tokens
         return {
             "min_batch_size": budget,
             "max_batch_size": budget,
@@ -211,7 +171,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
         return sum(len(request.document.encode("utf-8")) for _, request in batch)
 
     def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
+        return ENGINE_NAMESPACE
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None) -> None:
         if inference_args:
