@@ -23,7 +23,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from common import metrics
 from common.metrics import ENGINE_NAMESPACE
 from inference.batching import estimate_tokens
-from inference.requests import GenerateResponse, Request, Response, RunnerInfo, error_response
+from inference.requests import RecordRequest, RecordResponse, RunnerInfo, error_response
 from inference.runner import EngineRunner
 from inference.settings import ModelSettings
 
@@ -64,7 +64,7 @@ def resolve_model_path(model: str) -> Path:
     return resolve_model(model)
 
 
-class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], EngineRunner]):
+class GemmaModelHandler(ModelHandler[tuple[Any, RecordRequest], tuple[Any, RecordResponse], EngineRunner]):
     """RunInference handler: one engine per machine (by default), batches weighed in tokens.
 
     ``model_copies`` (default 1) makes Beam load the model in one process per machine and proxy every SDK
@@ -122,10 +122,10 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
 
     def run_inference(
         self,
-        batch: Sequence[tuple[Any, Request]],
+        batch: Sequence[tuple[Any, RecordRequest]],
         model: EngineRunner,
         inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[tuple[Any, Response]]:
+    ) -> Iterable[tuple[Any, RecordResponse]]:
         if not batch:
             return []
         if self._info is None:
@@ -136,12 +136,14 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
         self._batches.inc()
         self._requests.inc(len(batch))
         self._prompt_tokens.inc(sum(r.prompt_tokens for r in responses))
-        self._output_tokens.inc(sum(r.output_tokens for r in responses if isinstance(r, GenerateResponse)))
+        self._output_tokens.inc(sum(r.output_tokens for r in responses))
         self._request_errors.inc(sum(1 for r in responses if r.error))
         self._truncated.inc(sum(1 for r in responses if r.truncated))
         return list(zip(keys, responses, strict=True))
 
-    def _run_isolating(self, model: EngineRunner, requests: list[Request], info: RunnerInfo) -> list[Response]:
+    def _run_isolating(
+        self, model: EngineRunner, requests: list[RecordRequest], info: RunnerInfo
+    ) -> list[RecordResponse]:
         """``model.run``; when it raises, bisect the batch so only the requests that fail alone get errors.
 
         Beam's RunInference would dead-letter the whole batch; here the batch-mates of a bad request still
@@ -154,7 +156,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
             if len(requests) == 1:
                 self._isolated.inc()
                 _LOG.warning("inference failed for one request: %s: %s", type(err).__name__, err)
-                return [error_response(requests[0], f"{type(err).__name__}: {err}", info.style, info.model_name)]
+                return [error_response(f"{type(err).__name__}: {err}", info.style, info.model_name)]
             self._split_batches.inc()
             mid = len(requests) // 2
             return self._run_isolating(model, requests[:mid], info) + self._run_isolating(model, requests[mid:], info)
@@ -167,8 +169,8 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
             "element_size_fn": lambda element: min(estimate_tokens(element), budget),
         }
 
-    def get_num_bytes(self, batch: Sequence[tuple[Any, Request]]) -> int:
-        return sum(len(request.document.encode("utf-8")) for _, request in batch)
+    def get_num_bytes(self, batch: Sequence[tuple[Any, RecordRequest]]) -> int:
+        return sum(len(value.encode("utf-8")) for _, request in batch for value in request.fields.values())
 
     def get_metrics_namespace(self) -> str:
         return ENGINE_NAMESPACE
@@ -177,5 +179,5 @@ class GemmaModelHandler(ModelHandler[tuple[Any, Request], tuple[Any, Response], 
         if inference_args:
             raise ValueError(
                 f"GemmaModelHandler takes no inference_args (got {sorted(inference_args)}); "
-                "put sampling settings in each GenerateRequest's params"
+                "sampling settings belong to each question of the request's template"
             )

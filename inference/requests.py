@@ -1,99 +1,124 @@
 """The requests a pipeline sends the model and the responses it gets back: small, frozen, picklable.
 
 A model shared across processes (Beam's ``share_model_across_processes``) lives behind a proxy, so these
-types are all that crosses the process boundary: plain data, no tensors. A request carries its task's prompt
-template; the wording is the task's, the rendering (style, tokens, truncation) the runner's.
+types are all that crosses the process boundary: plain data, no tensors.
+
+One request asks one or more questions about one record. Each of its templates holds tasks' wording as
+trusted text with slots for the record's untrusted fields, in two renderings (completion prompts for base
+checkpoints, the user turn's content for instruction-tuned ones). Every question's prompt is its template's
+``trunk`` (instructions, examples, the record) followed by that question's ``tail``: the trunk is read once
+and every question of the template branches off it. A task that lays out the record its own way brings its
+own template. The runner does the rendering (style, tokens, truncation); the tasks bring the wording.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from gemma_ops.sampling import SamplingParams
 
+TEXT_FIELD = "text"  # the record's main text: the field cut to fit the context
+
 
 @dataclass(frozen=True)
-class PromptSpec:
-    """One rendering of a task prompt: fixed text before and after the untrusted document."""
+class Slot:
+    """Where an untrusted record field goes in a prompt (tokenized without control tokens)."""
 
-    prefix: str
-    suffix: str
-    candidate_prefix: str = ""  # put before each label when scoring, e.g. " " after "Sentiment:"
+    name: str
+
+
+Piece = str | Slot  # trusted template text, or a record field
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """One prompt style's text: the trunk every question shares, then one tail per question."""
+
+    trunk: tuple[Piece, ...]
+    tails: tuple[tuple[Piece, ...], ...]
+    candidate_prefix: str = ""  # put before each scored word, e.g. " " after "Sentiment:"
+
+    def __post_init__(self) -> None:
+        if not self.trunk or not isinstance(self.trunk[0], str):
+            raise ValueError("a prompt's trunk must start with trusted text (its shared head)")
+
+
+@dataclass(frozen=True)
+class Question:
+    """What is asked at the end of one tail: score ``words`` (each a label's answer), or generate.
+
+    ``calibration``: content-free record texts (e.g. "N/A") whose mean word scores come back as the prior,
+    so the parser can remove the model's bias towards some words.
+    """
+
+    words: tuple[str, ...] = ()
+    params: SamplingParams | None = None
+    calibration: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.params is None) == (not self.words):
+            raise ValueError("a question either scores words or generates (SamplingParams), not both or neither")
+        if self.words and (len(self.words) < 2 or len(set(self.words)) != len(self.words)):
+            raise ValueError(f"a scored question needs at least two distinct words, got {self.words!r}")
+
+    @property
+    def scored(self) -> bool:
+        return self.params is None
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A task's prompt for base checkpoints (``completion``) and instruction-tuned ones (``chat``).
+    """The questions about a record and how to ask them in each prompt style."""
 
-    ``chat`` holds the user turn's content; the runner wraps it in the tokenizer's turn format.
-    """
+    completion: Rendering
+    chat: Rendering
+    questions: tuple[Question, ...]
 
-    completion: PromptSpec
-    chat: PromptSpec
+    def __post_init__(self) -> None:
+        for name, rendering in (("completion", self.completion), ("chat", self.chat)):
+            if len(rendering.tails) != len(self.questions):
+                raise ValueError(f"{name} has {len(rendering.tails)} tails for {len(self.questions)} questions")
 
-    def spec(self, style: str) -> PromptSpec:
+    def rendering(self, style: str) -> Rendering:
         return self.chat if style == "chat" else self.completion
 
 
 @dataclass(frozen=True)
-class ScoreRequest:
-    """Score each label as the continuation of the prompt built around ``document``.
+class RecordRequest:
+    """Ask the templates' questions about one record; ``fields`` holds every slot's (untrusted) value."""
 
-    ``words``: the text scored for each label when it differs from the label (a base model answers "none"
-    far more readily than "neutral"); default: the labels. ``calibration_documents``: content-free inputs
-    (e.g. "N/A") whose mean label scores are returned as the prior, so the parser can remove the model's bias
-    towards some labels.
-    """
-
-    document: str
-    template: PromptTemplate
-    labels: tuple[str, ...]
-    calibration_documents: tuple[str, ...] = ()
-    words: tuple[str, ...] = ()
+    fields: Mapping[str, str]
+    templates: tuple[PromptTemplate, ...]
 
     def __post_init__(self) -> None:
-        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            raise ValueError(f"a score request needs at least two distinct labels, got {self.labels!r}")
-        if self.words and (len(self.words) != len(self.labels) or len(set(self.words)) != len(self.words)):
-            raise ValueError(f"words must give one distinct word per label: {self.words!r} for {self.labels!r}")
+        if not self.templates:
+            raise ValueError("a request needs at least one template")
 
 
 @dataclass(frozen=True)
-class GenerateRequest:
-    """Generate a continuation of the prompt built around ``document``."""
+class Answer:
+    """One question's result: word log-probabilities (and their prior) or generated text."""
 
-    document: str
-    template: PromptTemplate
-    params: SamplingParams = field(default_factory=SamplingParams)
-
-
-Request = ScoreRequest | GenerateRequest
+    logprobs: tuple[float, ...] = ()  # log P(word | prompt), in the question's word order
+    prior: tuple[float, ...] | None = None  # mean log P(word | content-free prompt); None without calibration
+    text: str = ""
+    finish_reason: str = ""  # "stop" | "length" for generated answers
+    output_tokens: int = 0
 
 
 @dataclass(frozen=True)
-class ScoreResponse:
-    logprobs: tuple[float, ...]  # log P(label | prompt), in the request's label order
-    prior: tuple[float, ...] | None  # mean log P(label | content-free prompt); None without calibration
-    prompt_tokens: int
+class RecordResponse:
+    answers: tuple[Answer, ...]  # one per question, templates in order; empty when ``error`` is set
+    prompt_tokens: int  # tokens the model read for this record: each trunk once, plus every tail
     truncated: bool
     style: str
     model: str
     error: str | None = None
 
-
-@dataclass(frozen=True)
-class GenerateResponse:
-    text: str
-    finish_reason: str  # "stop" | "length" | "error"
-    prompt_tokens: int
-    output_tokens: int
-    truncated: bool
-    style: str
-    model: str
-    error: str | None = None
-
-
-Response = ScoreResponse | GenerateResponse
+    @property
+    def output_tokens(self) -> int:
+        return sum(answer.output_tokens for answer in self.answers)
 
 
 @dataclass(frozen=True)
@@ -108,8 +133,6 @@ class PromptTooLong(ValueError):
     """The prompt exceeds the context (or --max_prompt_tokens) and truncation is off or impossible."""
 
 
-def error_response(request: Request, message: str, style: str, model: str) -> Response:
+def error_response(message: str, style: str, model: str) -> RecordResponse:
     """The response of a request that got no result: empty, with ``error`` saying why."""
-    if isinstance(request, ScoreRequest):
-        return ScoreResponse((), None, 0, False, style, model, message)
-    return GenerateResponse("", "error", 0, 0, False, style, model, message)
+    return RecordResponse((), 0, False, style, model, message)

@@ -1,8 +1,9 @@
 """EngineRunner: the object a loaded model is. It owns the engine and turns requests into engine calls.
 
-It renders each request's prompt (``PromptEncoder``), groups score requests by label set, scores label priors
-once and caches them, halves its calls after an out-of-memory error, and returns one response per request in
-order. Beam-free; a Beam proxy talks to it through its methods only.
+It renders each request's prompt (``PromptEncoder``), asks every question of every request in as few engine
+calls as it can (scored questions grouped by their words and shared head, generations together), scores the
+calibration priors once and caches them, halves its calls after an out-of-memory error, and returns one
+response per request in order. Beam-free; a Beam proxy talks to it through its methods only.
 """
 
 from __future__ import annotations
@@ -11,18 +12,11 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from inference.prompts import PromptEncoder
-from inference.requests import (
-    GenerateResponse,
-    Request,
-    Response,
-    RunnerInfo,
-    ScoreRequest,
-    ScoreResponse,
-    error_response,
-)
+from inference.prompts import EncodedPrompt, PromptEncoder
+from inference.requests import Answer, PromptTemplate, RecordRequest, RecordResponse, RunnerInfo
 from inference.settings import ModelSettings
 
 _LOG = logging.getLogger(__name__)
@@ -42,6 +36,21 @@ def _release_accelerator_memory() -> None:
     torch = sys.modules.get("torch")  # never import torch just for this: fake engines run without it
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One question of one template of one request, as the engine will see it."""
+
+    request: int
+    template: PromptTemplate
+    key: tuple[int, int]  # (template index, question index) within the request
+    prompt: list[int]
+    head: tuple[int, ...]
+
+    @property
+    def question(self) -> int:
+        return self.key[1]
 
 
 class EngineRunner:
@@ -75,74 +84,88 @@ class EngineRunner:
     def info(self) -> RunnerInfo:
         return RunnerInfo(self._model_name, self._engine.max_context, self.prompts.style, self._load_seconds)
 
-    def run(self, requests: Sequence[Request]) -> list[Response]:
+    def run(self, requests: Sequence[RecordRequest]) -> list[RecordResponse]:
         """One response per request, in order; a bad request gets a response with ``error`` set."""
         with self._lock:
-            responses: list[Response | None] = [None] * len(requests)
-            score_groups: dict[tuple[str, ...], list[int]] = {}
-            generate_ids: list[int] = []
-            encoded: dict[int, tuple[list[int], bool]] = {}
+            encoded: dict[int, list[EncodedPrompt]] = {}
+            errors: dict[int, str] = {}
             for i, request in enumerate(requests):
                 try:
-                    candidates = self.prompts.candidates(request) if isinstance(request, ScoreRequest) else ()
-                    encoded[i] = self.prompts.prompt_ids(request)
+                    encoded[i] = [self.prompts.encode(request.fields, t) for t in request.templates]
                 except ValueError as err:
-                    responses[i] = self._error(request, str(err))
+                    errors[i] = str(err)
+            asks = [
+                _Ask(i, template, (t, q), prompts[t].full(q), prompts[t].head)
+                for i, prompts in encoded.items()
+                for t, template in enumerate(requests[i].templates)
+                for q in range(len(template.questions))
+            ]
+            answers: dict[tuple[int, int, int], Answer] = {}
+            self._ask_scored([a for a in asks if a.template.questions[a.question].scored], answers, errors)
+            self._ask_generated([a for a in asks if not a.template.questions[a.question].scored], answers, errors)
+            return [self._response(i, request, encoded, answers, errors) for i, request in enumerate(requests)]
+
+    def _ask_scored(
+        self, asks: list[_Ask], answers: dict[tuple[int, int, int], Answer], errors: dict[int, str]
+    ) -> None:
+        """Scored questions, grouped by their candidates and the head their prompts share."""
+        groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[_Ask]] = {}
+        for ask in asks:
+            groups.setdefault((self.prompts.candidates(ask.template, ask.question), ask.head), []).append(ask)
+        for (candidates, head), members in groups.items():
+            results = self._score([ask.prompt for ask in members], list(candidates), head)
+            for ask, result in zip(members, results, strict=True):
+                if result.error:
+                    errors.setdefault(ask.request, result.error)
                     continue
-                if isinstance(request, ScoreRequest):
-                    score_groups.setdefault(candidates, []).append(i)
-                else:
-                    generate_ids.append(i)
-            for candidates, indices in score_groups.items():
-                self._run_scores(requests, indices, candidates, encoded, responses)
-            if generate_ids:
-                self._run_generations(requests, generate_ids, encoded, responses)
-            missing = [i for i, r in enumerate(responses) if r is None]
-            if missing:
-                raise RuntimeError(f"internal error: no response for requests {missing}")
-            return responses  # type: ignore[return-value]
+                prior = self._prior(ask.template, ask.question)
+                answers[(ask.request, *ask.key)] = Answer(tuple(float(x) for x in result.logprobs), prior)
 
-    def _run_scores(
-        self,
-        requests: Sequence[Request],
-        indices: list[int],
-        candidates: tuple[str, ...],
-        encoded: dict[int, tuple[list[int], bool]],
-        responses: list[Response | None],
+    def _ask_generated(
+        self, asks: list[_Ask], answers: dict[tuple[int, int, int], Answer], errors: dict[int, str]
     ) -> None:
-        heads = {self.prompts.head(requests[i].template) for i in indices}
-        head = heads.pop() if len(heads) == 1 else None
-        results = self._score([encoded[i][0] for i in indices], list(candidates), head)
-        for i, result in zip(indices, results, strict=True):
-            responses[i] = self._score_response(requests[i], result, encoded[i][1])
-
-    def _run_generations(
-        self,
-        requests: Sequence[Request],
-        indices: list[int],
-        encoded: dict[int, tuple[list[int], bool]],
-        responses: list[Response | None],
-    ) -> None:
+        if not asks:
+            return
+        params = [ask.template.questions[ask.question].params for ask in asks]
         completions = self._shrinking(
-            [(encoded[i][0], requests[i].params) for i in indices],
+            list(zip([ask.prompt for ask in asks], params, strict=True)),
             lambda chunk: self._engine.generate([ids for ids, _ in chunk], [p for _, p in chunk]),
         )
-        for i, completion in zip(indices, completions, strict=True):
-            responses[i] = GenerateResponse(
+        for ask, completion in zip(asks, completions, strict=True):
+            if completion.error:
+                errors.setdefault(ask.request, completion.error)
+                continue
+            answers[(ask.request, *ask.key)] = Answer(
                 text=completion.text,
                 finish_reason=completion.finish_reason,
-                prompt_tokens=completion.prompt_tokens,
                 output_tokens=len(completion.token_ids),
-                truncated=encoded[i][1],
-                style=self.prompts.style,
-                model=self._model_name,
-                error=completion.error,
             )
+
+    def _response(
+        self,
+        index: int,
+        request: RecordRequest,
+        encoded: dict[int, list[EncodedPrompt]],
+        answers: dict[tuple[int, int, int], Answer],
+        errors: dict[int, str],
+    ) -> RecordResponse:
+        style, model = self.prompts.style, self._model_name
+        prompts = encoded.get(index, [])
+        tokens = sum(prompt.tokens for prompt in prompts)
+        truncated = any(prompt.truncated for prompt in prompts)
+        if index in errors:
+            return RecordResponse((), tokens, truncated, style, model, errors[index])
+        own = tuple(
+            answers[(index, t, q)]
+            for t, template in enumerate(request.templates)
+            for q in range(len(template.questions))
+        )
+        return RecordResponse(own, tokens, truncated, style, model)
 
     def _score(self, prompts: list[list[int]], candidates: list[str], head: tuple[int, ...] | None) -> list[Any]:
         """Score with the template's head as the shared prefix: computed once, and each prompt's scores then
-        depend on that prompt alone, never on its batch-mates. Scores are only compared among the labels, so
-        the engine computes the output layer for the labels' tokens alone (restrict_vocab)."""
+        depend on that prompt alone, never on its batch-mates. Scores are only compared among the words, so
+        the engine computes the output layer for the words' tokens alone (restrict_vocab)."""
         return self._shrinking(
             prompts,
             lambda chunk: self._engine.score(chunk, candidates, restrict_vocab=True, shared_prefix=head),
@@ -174,33 +197,26 @@ class EngineRunner:
             start += size
         return out
 
-    def _prior(self, request: ScoreRequest) -> tuple[float, ...] | None:
-        """Mean label scores over the request's content-free calibration documents, scored once per key."""
-        if not request.calibration_documents:
+    def _prior(self, template: PromptTemplate, question: int) -> tuple[float, ...] | None:
+        """Mean word scores of a question over its content-free calibration texts, scored once per key."""
+        documents = template.questions[question].calibration
+        if not documents:
             return None
-        candidates = self.prompts.candidates(request)
-        key = (request.template, candidates, request.calibration_documents, self.prompts.style)
+        key = (template, question, self.prompts.style)
         if key not in self._priors:
-            prompts = [self.prompts.encode(d, request.template, 0)[0] for d in request.calibration_documents]
-            rows = self._score(prompts, list(candidates), self.prompts.head(request.template))
+            candidates = self.prompts.candidates(template, question)
+            prompts = []
+            for document in documents:
+                fields = dict.fromkeys(_slot_names(template, self.prompts.style), document)
+                prompts.append(self.prompts.encode(fields, template, reserve=False).full(question))
+            rows = self._score(prompts, list(candidates), self.prompts.head(template))
             for row in rows:
                 if row.error:
                     raise RuntimeError(f"scoring the content-free calibration prompt failed: {row.error}")
             self._priors[key] = tuple(sum(row.logprobs[j] for row in rows) / len(rows) for j in range(len(candidates)))
         return self._priors[key]
 
-    def _score_response(self, request: ScoreRequest, result: Any, truncated: bool) -> ScoreResponse:
-        style, model = self.prompts.style, self._model_name
-        if result.error:
-            return ScoreResponse((), None, result.prompt_tokens, truncated, style, model, result.error)
-        return ScoreResponse(
-            logprobs=tuple(float(x) for x in result.logprobs),
-            prior=self._prior(request),
-            prompt_tokens=result.prompt_tokens,
-            truncated=truncated,
-            style=style,
-            model=model,
-        )
 
-    def _error(self, request: Request, message: str) -> Response:
-        return error_response(request, message, self.prompts.style, self._model_name)
+def _slot_names(template: PromptTemplate, style: str) -> set[str]:
+    rendering = template.rendering(style)
+    return {p.name for pieces in (rendering.trunk, *rendering.tails) for p in pieces if not isinstance(p, str)}

@@ -16,7 +16,7 @@ from pipelines.options import JobConfig
 from pipelines.progress import ReportProgress
 from pipelines.publish import Publish, staging_dir
 from transforms.infer import InferTask
-from transforms.registry import make_task
+from transforms.registry import make_task_set
 
 
 def make_handler(config: JobConfig) -> GemmaModelHandler:
@@ -39,7 +39,7 @@ def build_pipeline(
     pipeline: beam.Pipeline, config: JobConfig, handler: ModelHandler | None = None, progress: bool = True
 ) -> JobOutputs:
     """Add the whole job to ``pipeline``; ``handler`` replaces the Gemma handler (tests use a fake one)."""
-    task = make_task(config)
+    task = make_task_set(config)
     records, read_errors = pipeline | "Read" >> ReadRecords(config.input, RecordSpec.of(config), config.input_format)
     handler = handler or make_handler(config)
     rows, task_errors = records | "Infer" >> InferTask(task, handler, config.run_id)

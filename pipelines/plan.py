@@ -25,7 +25,7 @@ from common.records import Record
 from inference.prompts import PromptEncoder
 from pipelines.io import RecordSpec, detect_format, to_record
 from pipelines.options import JobConfig, add_cli_arguments
-from transforms.task import Task
+from transforms.task import TaskSet
 
 # Measured: `make bench-pipeline` (500 sentiment records, embedded Gemma 3 270M, bfloat16, a quiet 2-core CPU,
 # the template head shared): the pipeline ran 19.15 records/s x 240 planned tokens/record = about 4600 tokens/s.
@@ -107,7 +107,7 @@ def read_sample(pattern: str, spec: RecordSpec, size: int, input_format: str = "
     return InputSample(tuple(records), sampled_bytes, total_bytes, None)
 
 
-def record_tokens(prompts: PromptEncoder, task: Task, record: Record) -> int | None:
+def record_tokens(prompts: PromptEncoder, task: TaskSet, record: Record) -> int | None:
     """Tokens one record costs: the prompt the run would send, plus the scored candidates or the generation
     budget (rendered by the run's own encoder, so prompt style, label words and truncation match the run);
     None for a record the run would dead-letter (too long under --on_overflow error)."""
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from gemma_ops.config import GemmaConfig
     from gemma_ops.engine import EngineConfig
     from gemma_ops.tokenizer import GemmaTokenizer
-    from transforms.registry import make_task
+    from transforms.registry import make_task_set
 
     path = resolve_model(config.model)
     max_context = min(EngineConfig().max_context, GemmaConfig.from_pretrained(path).max_position_embeddings)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         config.max_prompt_tokens,
         config.on_overflow,
     )
-    task = make_task(config)
+    task = make_task_set(config)
     sample = read_sample(config.input, RecordSpec.of(config), args.sample, config.input_format)
     counts = [n for n in (record_tokens(prompts, task, record) for record in sample.records) if n is not None]
     plan = make_plan(sample, counts, args.tokens_per_s)

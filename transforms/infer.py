@@ -11,12 +11,12 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from common import metrics
 from common.records import ERRORS_TAG, DeadLetter, Record
-from inference.requests import Response
-from transforms.task import InferenceError, Task
+from inference.requests import RecordResponse
+from transforms.task import InferenceError, TaskSet
 
 
 class _BuildRequests(beam.DoFn):
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: TaskSet) -> None:
         self._task = task
 
     def process(self, record: Record):
@@ -27,12 +27,12 @@ class _BuildRequests(beam.DoFn):
 
 
 class _ToRows(beam.DoFn):
-    def __init__(self, task: Task, run_id: str) -> None:
+    def __init__(self, task: TaskSet, run_id: str) -> None:
         self._task = task
         self._run_id = run_id
         self._rows = Metrics.counter(metrics.PIPELINE_NAMESPACE, metrics.RESULTS)
 
-    def process(self, element: tuple[Record, Response]):
+    def process(self, element: tuple[Record, RecordResponse]):
         record, response = element
         try:
             row = self._task.to_row(record, response, self._run_id)
@@ -60,7 +60,7 @@ def _failed_batch_letters(failure: tuple[Any, Any]):
 class InferTask(beam.PTransform):
     """Records -> (rows, dead letters): build requests, RunInference, parse into the task's typed rows."""
 
-    def __init__(self, task: Task, handler: ModelHandler, run_id: str) -> None:
+    def __init__(self, task: TaskSet, handler: ModelHandler, run_id: str) -> None:
         super().__init__()
         self._task = task
         self._handler = handler

@@ -1,18 +1,29 @@
-"""The task settings of a job, declared once: which task, its labels, generation and calibration."""
+"""The task settings of a job, declared once: a task file, or a --task shortcut and the flags that tune it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from common.settings import INTEGER, problems, raise_problems, setting
-from transforms.registry import make_task, task_names, tasks_help
+from transforms.registry import make_task_set, task_names, tasks_help
 
 LABEL_LIST = r"^[^,]+(,[^,]+)+$"
 
 
 @dataclass(frozen=True, kw_only=True)
 class TaskSettings:
-    task: str = setting("sentiment", choices=task_names, help=tasks_help())
+    task_file: str | None = setting(
+        None,
+        metavar="FILE",
+        pattern=r"^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+$",
+        help="YAML (or JSON) file, local or gs://, describing one or more tasks (classify, generate) to run "
+        "over every record in one pass; each task's columns are prefixed with its name. Replaces --task.",
+    )
+    task: str = setting(
+        "sentiment",
+        choices=task_names,
+        help=tasks_help() + " (Shortcuts for task files shipped with the package; ignored with --task_file.)",
+    )
     # Beam's GoogleCloudOptions owns --labels (Dataflow job labels): on Beam's parser this is --task_labels,
     # and the CLI renames --labels to it (pipelines.options.rename_labels_flag).
     labels: tuple[str, ...] = setting(
@@ -38,11 +49,23 @@ class TaskSettings:
 
     @staticmethod
     def task_problems(settings: TaskSettings) -> list[str]:
-        """What keeps the named task from being built with these settings (e.g. classify without labels)."""
-        if settings.task not in task_names():
+        """What keeps the tasks from being built with these settings (a broken task file, classify without
+        labels, a shortcut flag beside a task file)."""
+        if settings.task_file:
+            shortcut_flags = [
+                f
+                for f, set_ in (("--labels", bool(settings.labels)), ("--no_calibration", not settings.calibrate))
+                if set_
+            ]
+            if shortcut_flags:
+                return [
+                    f"{', '.join(shortcut_flags)} tune the --task shortcuts; with --task_file, write the "
+                    "same in the task file (labels:, calibrate: false)"
+                ]
+        elif settings.task not in task_names():
             return []  # the declared choices already say so
         try:
-            make_task(settings)
+            make_task_set(settings)
         except ValueError as err:
-            return [f"--task {settings.task}: {err}"]
+            return [str(err) if settings.task_file else f"--task {settings.task}: {err}"]
         return []

@@ -18,11 +18,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from common.records import DeadLetter
 from pipelines import bigquery as bq
 from tests.dataflow.conftest import PROJECT
-from transforms.sentiment import SentimentTask
+from transforms.registry import shortcut
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 RUN_DATE = datetime.date(2026, 11, 23)
-SCHEMA = SentimentTask().schema()
+SCHEMA = shortcut("sentiment").schema()
 
 
 def result_row(i: int, run_id: str = "run-1") -> dict:

@@ -16,55 +16,61 @@ from gemma_ops.sampling import SamplingParams
 from inference import handler as handler_module
 from inference.batching import estimate_tokens
 from inference.handler import GemmaModelHandler, pick_gpu
-from inference.requests import (
-    GenerateRequest,
-    GenerateResponse,
-    PromptSpec,
-    PromptTemplate,
-    ScoreRequest,
-    ScoreResponse,
-)
+from inference.requests import PromptTemplate, Question, RecordRequest, RecordResponse, Rendering, Slot
 from inference.runner import EngineRunner
 from inference.settings import ModelSettings
 from tests.tiny_models import build_tiny_checkpoint
 from tests.transforms.fakes import FakeEngine, fake_engine_factory, fake_resolver
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
-TEMPLATE = PromptTemplate(
-    completion=PromptSpec(prefix='Review: """', suffix='"""\nSentiment:', candidate_prefix=" "),
-    chat=PromptSpec(prefix='Rate: """', suffix='"""'),
-)
 LABELS = ("positive", "negative", "neutral")
+COMPLETION = Rendering(('Review: """', Slot("text")), (('"""\nSentiment:',),), candidate_prefix=" ")
+CHAT = Rendering(('Rate: """', Slot("text")), (('"""',),))
+
+
+def ScoreRequest(document: str, labels=LABELS, calibration: tuple[str, ...] = ()) -> RecordRequest:
+    """One scored question about a record, in the layout the tasks use."""
+    question = Question(words=tuple(labels), calibration=calibration)
+    return RecordRequest({"text": document}, (PromptTemplate(COMPLETION, CHAT, (question,)),))
+
+
+def GenerateRequest(document: str, params: SamplingParams) -> RecordRequest:
+    return RecordRequest({"text": document}, (PromptTemplate(COMPLETION, CHAT, (Question(params=params),)),))
+
+
+def answer(response: RecordResponse):
+    (only,) = response.answers
+    return only
 
 
 def test_runner_scores_in_order_and_isolates_a_bad_request():
     runner = EngineRunner(FakeEngine(), ModelSettings(prompt_style="completion"))
     requests = [
-        ScoreRequest("great great", TEMPLATE, LABELS),
-        ScoreRequest("POISON", TEMPLATE, LABELS),
-        ScoreRequest("awful refund", TEMPLATE, LABELS),
+        ScoreRequest("great great"),
+        ScoreRequest("POISON"),
+        ScoreRequest("awful refund"),
     ]
     out = runner.run(requests)
-    assert [type(r) for r in out] == [ScoreResponse] * 3
-    assert out[0].logprobs == (-3.0, -5.0, -5.0)
-    assert out[1].error == "fake engine refused this prompt" and out[1].logprobs == ()
-    assert out[2].logprobs == (-5.0, -3.0, -5.0)
+    assert [type(r) for r in out] == [RecordResponse] * 3
+    assert answer(out[0]).logprobs == (-3.0, -5.0, -5.0)
+    assert out[1].error == "fake engine refused this prompt" and out[1].answers == ()
+    assert answer(out[2]).logprobs == (-5.0, -3.0, -5.0)
     assert out[0].prompt_tokens == 1 + len('Review: """great great"""\nSentiment:')
-    assert out[0].model == "fake-gemma" and out[0].style == "completion" and out[0].prior is None
+    assert out[0].model == "fake-gemma" and out[0].style == "completion" and answer(out[0]).prior is None
 
 
 def test_runner_prior_is_mean_over_calibration_documents_and_cached():
     engine = FakeEngine()
     runner = EngineRunner(engine, ModelSettings(prompt_style="completion"))
-    request = ScoreRequest("love it", TEMPLATE, LABELS, calibration_documents=("N/A", "hours great"))
+    request = ScoreRequest("love it", calibration=("N/A", "hours great"))
     first = runner.run([request])[0]
     # "N/A" scores (-5,-5,-5); "hours great" scores (-4,-5,-4): the prior is their mean.
-    assert first.prior == (-4.5, -5.0, -4.5)
+    assert answer(first).prior == (-4.5, -5.0, -4.5)
     runner.run([request])
     assert engine.score_calls == [1, 2, 1]  # the prior was scored once
     # Every call shares the template's head (BOS + text before the document): computed once by the engine,
     # and a record's scores then never depend on its batch-mates.
-    head = tuple(engine.tokenizer.encode(TEMPLATE.completion.prefix))
+    head = tuple(engine.tokenizer.encode('Review: """'))
     assert engine.shared_prefixes == [head, head, head]
 
 
@@ -73,39 +79,36 @@ def test_runner_truncates_the_document_not_the_instructions():
     runner = EngineRunner(engine, ModelSettings(prompt_style="completion"))
     params = SamplingParams(max_new_tokens=10)
     long_doc = "word " * 100
-    out = runner.run([GenerateRequest(long_doc, TEMPLATE, params), GenerateRequest("short", TEMPLATE, params)])
+    out = runner.run([GenerateRequest(long_doc, params), GenerateRequest("short", params)])
     assert out[0].truncated is True and out[1].truncated is False
     # BOS + prefix + as much document as fits + suffix == context - max_new_tokens
     assert out[0].prompt_tokens == 60 - 10
-    assert out[0].finish_reason == "stop" and out[0].text.startswith(" Summary: ")
+    assert answer(out[0]).finish_reason == "stop" and answer(out[0]).text.startswith(" Summary: ")
 
 
 def test_runner_overflow_error_policy_and_max_prompt_tokens():
     runner = EngineRunner(
         FakeEngine(), ModelSettings(prompt_style="completion", max_prompt_tokens=40, on_overflow="error")
     )
-    out = runner.run([ScoreRequest("x" * 100, TEMPLATE, LABELS), ScoreRequest("great", TEMPLATE, LABELS)])
+    out = runner.run([ScoreRequest("x" * 100), ScoreRequest("great")])
     assert out[0].error is not None and "over the limit of 40" in out[0].error
-    assert out[1].error is None and out[1].logprobs[0] == -4.0
+    assert out[1].error is None and answer(out[1]).logprobs[0] == -4.0
 
 
 def test_runner_chat_style_wraps_in_turns_and_drops_candidate_prefix():
     engine = FakeEngine(chat=True)
     runner = EngineRunner(engine, ModelSettings(prompt_style="auto"))
     assert runner.info().style == "chat"
-    out = runner.run([ScoreRequest("great", TEMPLATE, LABELS)])[0]
+    out = runner.run([ScoreRequest("great")])[0]
     expected = '<start_of_turn>user\nRate: """great"""<end_of_turn>\n<start_of_turn>model\n'
     assert out.prompt_tokens == 1 + len(expected)
 
 
 def test_estimate_tokens_counts_bytes_and_output_budget():
-    request = GenerateRequest("a" * 30, TEMPLATE, SamplingParams(max_new_tokens=7))
+    request = GenerateRequest("a" * 30, SamplingParams(max_new_tokens=7))
     size = len(('Review: """' + "a" * 30 + '"""\nSentiment:').encode())
     assert estimate_tokens(("key", request)) == size // 3 + 1 + 7
-    assert (
-        estimate_tokens(ScoreRequest("é", TEMPLATE, LABELS))
-        == (len('Review: """é"""\nSentiment:'.encode()) // 3) + 1 + 6
-    )
+    assert estimate_tokens(ScoreRequest("é")) == (len('Review: """é"""\nSentiment:'.encode()) // 3) + 1 + 6
 
 
 def test_handler_rejects_bad_settings_with_a_hint():
@@ -145,7 +148,7 @@ def test_handler_batches_by_estimated_tokens():
     )
     kwargs = handler.batch_elements_kwargs()
     assert kwargs["max_batch_size"] == 100 and kwargs["min_batch_size"] == 100
-    huge = ScoreRequest("x" * 10_000, TEMPLATE, LABELS)
+    huge = ScoreRequest("x" * 10_000)
     assert kwargs["element_size_fn"](("k", huge)) == 100  # capped: a huge record still forms its own batch
     assert handler.share_model_across_processes() is True and handler.model_copies() == 1
     per_process = GemmaModelHandler(ModelSettings(model_copies=0))
@@ -156,13 +159,13 @@ def test_run_inference_keyed_one_result_per_element_in_order():
     handler = GemmaModelHandler(
         ModelSettings(model_copies=0), engine_factory=fake_engine_factory, model_resolver=fake_resolver
     )
-    elements = [(f"k{i}", ScoreRequest(text, TEMPLATE, LABELS)) for i, text in enumerate(["great", "awful", "hours"])]
+    elements = [(f"k{i}", ScoreRequest(text)) for i, text in enumerate(["great", "awful", "hours"])]
     with BeamPipeline(runner=RUNNER) as p:
         out = (
             p
             | beam.Create(elements)
             | RunInference(handler)
-            | beam.MapTuple(lambda key, r: (key, LABELS[max(range(3), key=lambda j: r.logprobs[j])]))
+            | beam.MapTuple(lambda key, r: (key, LABELS[max(range(3), key=lambda j: answer(r).logprobs[j])]))
         )
         assert_that(out, equal_to([("k0", "positive"), ("k1", "negative"), ("k2", "neutral")]))
 
@@ -180,8 +183,8 @@ def test_run_inference_with_the_real_engine_on_a_tiny_model(tiny_model):
     handler = GemmaModelHandler(ModelSettings(model=str(tiny_model), device="cpu", dtype="float32", model_copies=0))
     docs = ["great food", "the order arrived broken", "open 9 to 5", "x " * 400]
     params = SamplingParams(max_new_tokens=4, ignore_eos=True)
-    elements = [(i, ScoreRequest(d, TEMPLATE, LABELS, ("N/A",))) for i, d in enumerate(docs)]
-    elements += [(10 + i, GenerateRequest(d, TEMPLATE, params)) for i, d in enumerate(docs)]
+    elements = [(i, ScoreRequest(d, calibration=("N/A",))) for i, d in enumerate(docs)]
+    elements += [(10 + i, GenerateRequest(d, params)) for i, d in enumerate(docs)]
 
     def check(pairs):
         pairs = sorted(pairs, key=lambda kv: kv[0])
@@ -190,11 +193,10 @@ def test_run_inference_with_the_real_engine_on_a_tiny_model(tiny_model):
             assert response.error is None, response.error
             assert response.model == tiny_model.name
             if key < 10:
-                assert len(response.logprobs) == 3 and len(response.prior) == 3
-                assert all(math.isfinite(x) and x < 0 for x in response.logprobs)
+                assert len(answer(response).logprobs) == 3 and len(answer(response).prior) == 3
+                assert all(math.isfinite(x) and x < 0 for x in answer(response).logprobs)
             else:
-                assert isinstance(response, GenerateResponse)
-                assert response.output_tokens == 4 and response.finish_reason == "length"
+                assert response.output_tokens == 4 and answer(response).finish_reason == "length"
         # the 400-word document fits the 256-token context only when cut
         assert pairs[3][1].truncated and pairs[7][1].truncated and pairs[7][1].prompt_tokens == 256 - 4
         assert not pairs[0][1].truncated

@@ -18,7 +18,7 @@ from inference.handler import GemmaModelHandler, build_engine
 from inference.settings import ModelSettings
 from tests.tiny_models import build_tiny_checkpoint
 from transforms.infer import InferTask
-from transforms.sentiment import SentimentTask
+from transforms.registry import shortcut
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
@@ -49,7 +49,7 @@ def run_two_processes(model: Path, markers: Path, model_copies: int) -> tuple[in
     rows_dir = markers / "rows"
     rows_dir.mkdir()
     with beam.Pipeline(runner=RUNNER, options=options) as p:
-        rows, _ = p | beam.Create(records) | beam.Reshuffle() | InferTask(SentimentTask(), handler, "mp")
+        rows, _ = p | beam.Create(records) | beam.Reshuffle() | InferTask(shortcut("sentiment"), handler, "mp")
         _ = rows | beam.Map(lambda row: Path(rows_dir, row["id"]).touch() or _touch(str(markers), row))
     loads = len(list(markers.glob("load-*")))
     inference_processes = len(list(markers.glob("infer-*")))

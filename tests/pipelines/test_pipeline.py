@@ -20,7 +20,7 @@ from pipelines.options import JobConfig
 from pipelines.pipeline import build_pipeline
 from pipelines.progress import summarize_run
 from tests.transforms.fakes import fake_engine_factory, fake_resolver
-from transforms.registry import make_task
+from transforms.registry import make_task_set
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 LINES = [
@@ -67,7 +67,7 @@ def test_parquet_results_have_the_declared_schema_and_all_records_are_accounted_
     files = glob.glob(str(tmp_path / "out" / "results-*.parquet"))
     assert files and summary.result_files == tuple(sorted(files))
     table = pq.ParquetDataset(files).read()
-    assert table.schema.equals(make_task(config).schema(), check_metadata=False)
+    assert table.schema.equals(make_task_set(config).schema(), check_metadata=False)
     rows = sorted(table.to_pylist(), key=lambda r: r["id"])
     hashed_id = rows[0]["id"]  # the record without an id gets its content hash
     assert [(r["id"], r["label"]) for r in rows] == [

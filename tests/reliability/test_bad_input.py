@@ -16,12 +16,12 @@ from apache_beam.testing.util import assert_that, equal_to
 import pipelines.pipeline
 from common.records import DeadLetter, Record
 from inference.handler import GemmaModelHandler
-from inference.requests import ScoreResponse
+from inference.requests import Answer, RecordResponse
 from pipelines.io import ReadRecords, RecordSpec, cut_utf8, error_json, parse_line
 from pipelines.options import JobConfig
 from tests.reliability.jobs import error_rows, result_rows, run_job
 from tests.transforms.fakes import fake_engine_factory, fake_resolver
-from transforms.sentiment import SentimentTask
+from transforms.registry import shortcut
 
 FN_API = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
@@ -67,10 +67,10 @@ def test_record_spec_refuses_unknown_policies():
 
 
 def test_a_truncated_record_sets_the_truncated_column():
-    response = ScoreResponse((-4.0, -5.0, -5.0), None, 12, False, "completion", "m")
-    row = SentimentTask().to_row(Record("t", "great", truncated=True), response, "run")
+    response = RecordResponse((Answer((-4.0, -5.0, -5.0)),), 12, False, "completion", "m")
+    row = shortcut("sentiment").to_row(Record("t", "great", truncated=True), response, "run")
     assert (row["truncated"], row["label"], row["prompt_tokens"]) == (True, "positive", 12)
-    assert SentimentTask().to_row(Record("t", "great"), response, "run")["truncated"] is False
+    assert shortcut("sentiment").to_row(Record("t", "great"), response, "run")["truncated"] is False
 
 
 def _check_parquet(tmp_path, spec: RecordSpec, records: list[tuple], errors: list[tuple]) -> None:
@@ -197,5 +197,5 @@ def test_lone_surrogate_escapes_in_id_or_extra_are_dead_letters_not_a_failed_wri
 
 def test_non_finite_numbers_in_extra_fields_become_null_in_strict_json():
     record = parse_line(b'{"id": "n", "text": "hi", "a": NaN, "b": [Infinity, 1.5]}', RecordSpec())
-    response = ScoreResponse((-4.0, -5.0, -5.0), None, 3, False, "completion", "m")
-    assert SentimentTask().to_row(record, response, "r")["extra"] == '{"a": null, "b": [null, 1.5]}'
+    response = RecordResponse((Answer((-4.0, -5.0, -5.0)),), 3, False, "completion", "m")
+    assert shortcut("sentiment").to_row(record, response, "r")["extra"] == '{"a": null, "b": [null, 1.5]}'

@@ -11,9 +11,10 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from common.records import Record
 from gemma_ops.sampling import SamplingParams
 from inference.handler import GemmaModelHandler
-from inference.requests import GenerateRequest, ScoreRequest, ScoreResponse
+from inference.requests import RecordRequest, RecordResponse
 from inference.runner import EngineRunner, is_out_of_memory
 from inference.settings import ModelSettings
 from pipelines.options import JobConfig
@@ -21,7 +22,8 @@ from pipelines.pipeline import build_pipeline
 from pipelines.progress import summarize_run
 from tests.reliability.engines import CRASH, CrashingEngine, OutOfMemoryEngine
 from tests.transforms.fakes import FakeEngine, fake_resolver
-from transforms.sentiment import SENTIMENT_TEMPLATE, SentimentTask
+from transforms.classify import ClassifyTask
+from transforms.registry import shortcut
 
 FN_API = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 BUNDLE_RETRYING = "BundleBasedDirectRunner"
@@ -36,8 +38,11 @@ def handler_for(factory) -> GemmaModelHandler:
     return GemmaModelHandler(ModelSettings(model_copies=0), engine_factory=factory, model_resolver=fake_resolver)
 
 
-def score(text: str) -> ScoreRequest:
-    return ScoreRequest(text, SENTIMENT_TEMPLATE, LABELS)
+SENTIMENT = shortcut("sentiment", calibrate=False)
+
+
+def score(text: str) -> RecordRequest:
+    return SENTIMENT.build_request(Record("r", text))
 
 
 def test_a_crashing_batch_is_bisected_and_only_the_bad_request_fails():
@@ -48,13 +53,14 @@ def test_a_crashing_batch_is_bisected_and_only_the_bad_request_fails():
     assert [k for k, _ in out] == list(range(7))
     failed = {k: r.error for k, r in out if r.error}
     assert failed == {2: "RuntimeError: device-side assert triggered", 6: "RuntimeError: device-side assert triggered"}
-    assert [r.logprobs for k, r in out if k == 0] == [(-4.0, -5.0, -5.0)]  # "great": one positive cue
-    assert all(isinstance(r, ScoreResponse) and r.model == "fake-gemma" for _, r in out)
+    assert [r.answers[0].logprobs for k, r in out if k == 0] == [(-4.0, -5.0, -5.0)]  # "great": one positive cue
+    assert all(isinstance(r, RecordResponse) and r.model == "fake-gemma" for _, r in out)
 
 
 def test_out_of_memory_halves_the_engine_call_and_gives_the_same_results():
     params = SamplingParams(max_new_tokens=8)
-    requests = [GenerateRequest(f"doc number {i} words", SENTIMENT_TEMPLATE, params) for i in range(5)]
+    summarize = shortcut("summarize", max_new_tokens=params.max_new_tokens)
+    requests = [summarize.build_request(Record("r", f"doc number {i} words")) for i in range(5)]
     requests += [score(t) for t in ["great", "awful", "hours", "love", "broken"]]
     expected = EngineRunner(FakeEngine(), ModelSettings(prompt_style="completion")).run(requests)
     engine = OutOfMemoryEngine(fits=2)
@@ -109,15 +115,15 @@ def test_pipeline_dead_letters_only_the_crashing_record(tmp_path):
 def test_a_retried_bundle_leaves_no_duplicate_rows(tmp_path, monkeypatch):
     """The parse step fails once on record r3; BundleBasedDirectRunner retries the bundle like Dataflow."""
     marker = tmp_path / "failed-once"
-    original = SentimentTask.task_columns
+    original = ClassifyTask.columns
 
-    def flaky(self, response):
-        if response.logprobs == (-5.0, -5.0, -3.0) and not marker.exists():  # "hours hours": two neutral cues
+    def flaky(self, answers):
+        if answers[0].logprobs == (-5.0, -5.0, -3.0) and not marker.exists():  # "hours hours": two neutral cues
             marker.write_text("x")
             raise RuntimeError("worker lost (injected)")
-        return original(self, response)
+        return original(self, answers)
 
-    monkeypatch.setattr(SentimentTask, "task_columns", flaky)
+    monkeypatch.setattr(ClassifyTask, "columns", flaky)
     texts = ["great", "awful", "love it", "hours hours", "broken", "excellent", "refund"]
     (tmp_path / "in.jsonl").write_text(
         "".join(json.dumps({"id": f"r{i}", "text": t}) + "\n" for i, t in enumerate(texts))
