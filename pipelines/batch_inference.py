@@ -17,7 +17,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import JobConfig, add_cli_arguments, rename_labels_flag
 from pipelines.pipeline import build_pipeline
+from pipelines.preflight import preflight
 from pipelines.progress import PROGRESS_LOGGER, summarize_run
+from transforms.registry import make_task_set
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[PipelineOptions, JobConfig]:
@@ -50,13 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging()
     try:
         options, config = parse_args(argv)
-    except ValueError as err:  # invalid options: say what to fix, no traceback
+        tasks = make_task_set(config)
+        preflight(config, tasks)
+    except (ValueError, FileNotFoundError) as err:  # say what to fix, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"run {config.run_id}: task={config.task} model={config.model} input={config.input}", file=sys.stderr)
+    what = f"tasks={tasks.name} ({config.task_file})" if config.task_file else f"task={config.task}"
+    print(f"run {config.run_id}: {what} model={config.model} input={config.input}", file=sys.stderr)
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)
-    outputs = build_pipeline(pipeline, config)
+    outputs = build_pipeline(pipeline, config, tasks=tasks)
     result = pipeline.run()
     result.wait_until_finish()
     summary = summarize_run(result, outputs.results_prefix, outputs.errors_prefix, time.monotonic() - started)

@@ -17,6 +17,7 @@ from pipelines.progress import ReportProgress
 from pipelines.publish import Publish, staging_dir
 from transforms.infer import InferTask
 from transforms.registry import make_task_set
+from transforms.task import TaskSet
 
 
 def make_handler(config: JobConfig) -> GemmaModelHandler:
@@ -36,10 +37,15 @@ class JobOutputs:
 
 
 def build_pipeline(
-    pipeline: beam.Pipeline, config: JobConfig, handler: ModelHandler | None = None, progress: bool = True
+    pipeline: beam.Pipeline,
+    config: JobConfig,
+    handler: ModelHandler | None = None,
+    progress: bool = True,
+    tasks: TaskSet | None = None,
 ) -> JobOutputs:
-    """Add the whole job to ``pipeline``; ``handler`` replaces the Gemma handler (tests use a fake one)."""
-    task = make_task_set(config)
+    """Add the whole job to ``pipeline``; ``handler`` replaces the Gemma handler (tests use a fake one),
+    ``tasks`` the config's tasks when the caller has built them already."""
+    task = tasks or make_task_set(config)
     records, read_errors = pipeline | "Read" >> ReadRecords(config.input, RecordSpec.of(config), config.input_format)
     handler = handler or make_handler(config)
     rows, task_errors = records | "Infer" >> InferTask(task, handler, config.run_id)
