@@ -315,3 +315,20 @@ def test_examples_and_the_task_file_read_from_gcs(gcs):
         ("Box never came", "shipping"),
     ]
     assert 'Text: """Box never came"""\nTopic: shipping\n\n' in tasks.templates[0].completion.trunk[0]
+
+
+def test_the_readme_example_task_file_is_valid_for_its_input():
+    from pathlib import Path
+
+    from pipelines.options import JobConfig
+    from pipelines.preflight import preflight
+
+    folder = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    config = JobConfig(input=str(folder / "tickets.jsonl"), output="-", task_file=str(folder / "ticket_tasks.yaml"))
+    tasks = make_task_set(config)
+    preflight(config, tasks)  # {channel} is in the input
+    assert [task.name for task in tasks.tasks] == ["queue", "note"]
+    assert tasks.schema().names[:7] == [
+        "id", "queue_label", "queue_confidence", "queue_label_scores", "queue_abstained", "note_text",
+        "note_finish_reason",
+    ]  # fmt: skip
