@@ -15,7 +15,8 @@ class Quality:
     macro_recall: float
 
     def line(self) -> str:
-        return f"n={self.count} accuracy={self.accuracy:.3f} macro-F1={self.macro_f1:.3f} recall={self.macro_recall:.3f}"
+        scores = f"accuracy={self.accuracy:.3f} macro-F1={self.macro_f1:.3f} recall={self.macro_recall:.3f}"
+        return f"n={self.count} {scores}"
 
 
 def quality(gold: Sequence[str], predicted: Sequence[str | None], labels: Sequence[str]) -> Quality:
