@@ -23,6 +23,7 @@ from apache_beam.ml.inference.base import ModelHandler
 from common import metrics
 from common.metrics import ENGINE_NAMESPACE
 from inference.batching import estimate_tokens
+from inference.failures import DeviceFailure, device_failure, is_device_failure
 from inference.requests import RecordRequest, RecordResponse, RunnerInfo, error_response
 from inference.runner import EngineRunner
 from inference.settings import ModelSettings
@@ -147,12 +148,17 @@ class GemmaModelHandler(ModelHandler[tuple[Any, RecordRequest], tuple[Any, Recor
         """``model.run``; when it raises, bisect the batch so only the requests that fail alone get errors.
 
         Beam's RunInference would dead-letter the whole batch; here the batch-mates of a bad request still
-        get results. A failing single request becomes an error response (a dead letter downstream); a
-        systemic failure therefore dead-letters every record, which --max_error_rate turns into a failed job.
+        get results. A failing single request becomes an error response (a dead letter downstream). A broken
+        device is no request's fault: it is raised, never bisected (which would repeat ~2N failing calls and
+        dead-letter every record), so the bundle fails and the runner retries it on another worker.
         """
         try:
             return model.run(requests)
+        except DeviceFailure:
+            raise
         except Exception as err:
+            if is_device_failure(err):
+                raise device_failure(err) from err
             if len(requests) == 1:
                 self._isolated.inc()
                 _LOG.warning("inference failed for one request: %s: %s", type(err).__name__, err)

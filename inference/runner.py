@@ -4,17 +4,27 @@ It renders each request's prompt (``PromptEncoder``), asks every question of eve
 calls as it can (scored questions grouped by their words and shared head, generations together), scores the
 calibration priors once and caches them, halves its calls after an out-of-memory error, and returns one
 response per request in order. Beam-free; a Beam proxy talks to it through its methods only.
+
+Failures stay with the requests they belong to: a failed calibration prior fails only the requests that need
+it (tried once per call, never cached), and a broken accelerator marks the runner broken, so every later call
+raises ``DeviceFailure`` at once instead of touching the device again.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from inference.failures import (
+    DeviceFailure,
+    device_failure,
+    is_device_failure,
+    is_out_of_memory,
+    release_accelerator_memory,
+)
 from inference.prompts import EncodedPrompt, PromptEncoder
 from inference.requests import Answer, PromptTemplate, RecordRequest, RecordResponse, RunnerInfo
 from inference.settings import ModelSettings
@@ -22,20 +32,11 @@ from inference.settings import ModelSettings
 _LOG = logging.getLogger(__name__)
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
+_PriorKey = tuple[Any, ...]
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """torch.cuda.OutOfMemoryError (and the older RuntimeError "CUDA out of memory"), checked without torch."""
-    return type(err).__name__ == "OutOfMemoryError" or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-    )
-
-
-def _release_accelerator_memory() -> None:
-    """Give the allocator's cached blocks back after an OOM, so the smaller retry has room."""
-    torch = sys.modules.get("torch")  # never import torch just for this: fake engines run without it
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+class CalibrationFailed(RuntimeError):
+    """A question's prior could not be scored: the requests that need it fail, their batch-mates do not."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class EngineRunner:
         self._lock = threading.Lock()
         self._priors: dict[tuple, tuple[float, ...]] = {}
         self._max_call: int | None = None  # requests per engine call; set (and halved) by out-of-memory errors
+        self._broken: DeviceFailure | None = None  # the device failure that made this runner unusable
         self.oom_retries = 0
 
     def info(self) -> RunnerInfo:
@@ -87,6 +89,8 @@ class EngineRunner:
     def run(self, requests: Sequence[RecordRequest]) -> list[RecordResponse]:
         """One response per request, in order; a bad request gets a response with ``error`` set."""
         with self._lock:
+            if self._broken is not None:
+                raise self._broken
             encoded: dict[int, list[EncodedPrompt]] = {}
             errors: dict[int, str] = {}
             for i, request in enumerate(requests):
@@ -112,13 +116,18 @@ class EngineRunner:
         groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[_Ask]] = {}
         for ask in asks:
             groups.setdefault((self.prompts.candidates(ask.template, ask.question), ask.head), []).append(ask)
+        priors: dict[_PriorKey, tuple[float, ...] | CalibrationFailed] = {}  # this call's, failures included
         for (candidates, head), members in groups.items():
             results = self._score([ask.prompt for ask in members], list(candidates), head)
             for ask, result in zip(members, results, strict=True):
                 if result.error:
                     errors.setdefault(ask.request, result.error)
                     continue
-                prior = self._prior(ask.template, ask.question)
+                try:
+                    prior = self._prior(ask.template, ask.question, priors)
+                except CalibrationFailed as err:
+                    errors.setdefault(ask.request, str(err))
+                    continue
                 answers[(ask.request, *ask.key)] = Answer(tuple(float(x) for x in result.logprobs), prior)
 
     def _ask_generated(
@@ -184,11 +193,14 @@ class EngineRunner:
             try:
                 results = call(items[start : start + size])
             except Exception as err:
+                if is_device_failure(err):
+                    self._broken = device_failure(err)
+                    raise self._broken from err
                 if not is_out_of_memory(err) or size == 1:
                     raise
                 self._max_call = max(1, size // 2)
                 self.oom_retries += 1
-                _release_accelerator_memory()
+                release_accelerator_memory()
                 _LOG.warning("engine ran out of memory on %d requests; retrying %d at a time", size, self._max_call)
                 continue
             if len(results) != size:
@@ -197,24 +209,51 @@ class EngineRunner:
             start += size
         return out
 
-    def _prior(self, template: PromptTemplate, question: int) -> tuple[float, ...] | None:
-        """Mean word scores of a question over its content-free calibration texts, scored once per key."""
-        documents = template.questions[question].calibration
-        if not documents:
+    def _prior(
+        self,
+        template: PromptTemplate,
+        question: int,
+        priors: dict[_PriorKey, tuple[float, ...] | CalibrationFailed],
+    ) -> tuple[float, ...] | None:
+        """Mean word scores of a question over its content-free calibration texts, scored once per key.
+
+        A failure is remembered for this call only (``priors``): the requests of this batch that need the
+        prior fail with it (CalibrationFailed), and the next batch tries again."""
+        if not template.questions[question].calibration:
             return None
         key = (template, question, self.prompts.style)
-        if key not in self._priors:
-            candidates = self.prompts.candidates(template, question)
-            prompts = []
-            for document in documents:
-                fields = dict.fromkeys(_slot_names(template, self.prompts.style), document)
-                prompts.append(self.prompts.encode(fields, template, reserve=False).full(question))
+        if key in self._priors:
+            return self._priors[key]
+        if key not in priors:
+            try:
+                priors[key] = self._score_prior(template, question)
+            except CalibrationFailed as err:
+                priors[key] = err
+        found = priors[key]
+        if isinstance(found, CalibrationFailed):
+            raise found
+        self._priors[key] = found
+        return found
+
+    def _score_prior(self, template: PromptTemplate, question: int) -> tuple[float, ...]:
+        """Score the calibration texts; CalibrationFailed says why not (a broken device still raises)."""
+        hint = "rerun, or pass --no_calibration (calibrate: false in a task file) to use raw label scores"
+        what = "scoring the label prior (content-free calibration prompt) failed"
+        candidates = self.prompts.candidates(template, question)
+        prompts = []
+        for document in template.questions[question].calibration:
+            fields = dict.fromkeys(_slot_names(template, self.prompts.style), document)
+            prompts.append(self.prompts.encode(fields, template, reserve=False).full(question))
+        try:
             rows = self._score(prompts, list(candidates), self.prompts.head(template))
-            for row in rows:
-                if row.error:
-                    raise RuntimeError(f"scoring the content-free calibration prompt failed: {row.error}")
-            self._priors[key] = tuple(sum(row.logprobs[j] for row in rows) / len(rows) for j in range(len(candidates)))
-        return self._priors[key]
+        except DeviceFailure:
+            raise
+        except Exception as err:
+            raise CalibrationFailed(f"{what}: {type(err).__name__}: {err}; {hint}") from err
+        refused = [row.error for row in rows if row.error]
+        if refused:
+            raise CalibrationFailed(f"{what}: {refused[0]}; {hint}")
+        return tuple(sum(row.logprobs[j] for row in rows) / len(rows) for j in range(len(candidates)))
 
 
 def _slot_names(template: PromptTemplate, style: str) -> set[str]:

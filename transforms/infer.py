@@ -1,9 +1,13 @@
 """InferTask: records -> (typed rows, dead letters) through build-request -> RunInference -> parse, with a dead
-letter at each step that can fail a record."""
+letter at each step that can fail a record.
+
+RunInference runs without Beam's batch dead-letter output on purpose: the handler already turns every failure
+a request can cause into that request's error response (it bisects a failed batch), so an exception that still
+escapes it is the worker's (a broken accelerator). It fails the bundle and the runner retries it on another
+worker, instead of dead-lettering whole batches of good records.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -47,16 +51,6 @@ class _ToRows(beam.DoFn):
         yield row
 
 
-def _failed_batch_letters(failure: tuple[Any, Any]):
-    """RunInference fails whole batches: one dead letter per element of the batch, naming the error."""
-    batch, error = failure
-    message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
-    if isinstance(error, tuple) and len(error) >= 2:  # (exc_type, repr, traceback) from exception handling
-        message = str(error[1])
-    for record, _request in batch:
-        yield DeadLetter(record.id, "inference", message, record.source)
-
-
 class InferTask(beam.PTransform):
     """Records -> (rows, dead letters): build requests, RunInference, parse into the task's typed rows."""
 
@@ -70,10 +64,9 @@ class InferTask(beam.PTransform):
         built = records | "BuildRequests" >> beam.ParDo(_BuildRequests(self._task)).with_outputs(
             ERRORS_TAG, main="requests"
         )
-        responses, dlq = built.requests | "RunInference" >> RunInference(self._handler).with_exception_handling()
-        failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_letters)
+        responses = built.requests | "RunInference" >> RunInference(self._handler)
         parsed = responses | "ToRows" >> beam.ParDo(_ToRows(self._task, self._run_id)).with_outputs(
             ERRORS_TAG, main="rows"
         )
-        errors = (built[ERRORS_TAG], failed, parsed[ERRORS_TAG]) | "TaskErrors" >> beam.Flatten()
+        errors = (built[ERRORS_TAG], parsed[ERRORS_TAG]) | "TaskErrors" >> beam.Flatten()
         return parsed.rows, errors
