@@ -183,6 +183,9 @@ def problems(obj: Any, group: type) -> list[str]:
 
 
 def raise_problems(found: list[str]) -> None:
+    """One problem is one line (the CLI prints it as is); several are listed one per line."""
+    if len(found) == 1:
+        raise ValueError(f"invalid options: {found[0]}")
     if found:
         raise ValueError("invalid options:\n  " + "\n  ".join(found))
 

@@ -33,18 +33,18 @@ class Accounting:
         return self.errors / self.inputs if self.inputs else 0.0
 
 
-def check_accounting(counts: Accounting, max_error_rate: float | None, errors_at: str = "") -> Accounting:
-    """Raise when records went missing or the error rate is over ``max_error_rate`` (None: no limit)."""
+def check_accounting(counts: Accounting, max_error_rate: float, errors_at: str = "") -> Accounting:
+    """Raise when records went missing or the error rate is over ``max_error_rate`` (1: no limit)."""
     if counts.inputs != counts.results + counts.errors:
         raise RecordsLost(
             f"{counts.inputs} input records but {counts.results} results + {counts.errors} errors "
             f"= {counts.results + counts.errors}; please report this with the input that caused it"
         )
-    if max_error_rate is not None and counts.error_rate > max_error_rate:
+    if counts.error_rate > max_error_rate:
         where = f" (dead letters kept in {errors_at})" if errors_at else ""
         raise ErrorRateExceeded(
             f"error rate {counts.errors}/{counts.inputs} = {counts.error_rate:.4f} is over "
-            f"--max_error_rate={max_error_rate}; the output was not published{where}. "
+            f"--max_error_rate={max_error_rate:g}; the output was not published{where}. "
             "Fix the input (see the errors-*.jsonl rows for why each record failed) or raise --max_error_rate"
         )
     return counts
@@ -57,9 +57,7 @@ def _count(pcoll: beam.PCollection, label: str) -> beam.pvalue.AsSingleton:
 class CheckAccounting(beam.PTransform):
     """(inputs, results, errors) PCollections -> one Accounting element, or a failed job."""
 
-    def __init__(
-        self, max_error_rate: float | None, errors_at: str = "", after: tuple[beam.PCollection, ...] = ()
-    ) -> None:
+    def __init__(self, max_error_rate: float, errors_at: str = "", after: tuple[beam.PCollection, ...] = ()) -> None:
         """``after``: steps to wait for first (the writes), so a failed check still leaves the dead letters."""
         super().__init__()
         self._max_error_rate = max_error_rate
@@ -89,3 +87,21 @@ class CheckAccounting(beam.PTransform):
                 **waits,
             )
         )
+
+
+class AfterCheck(beam.PTransform):
+    """Pass a PCollection on only once the accounting check has passed (its one element exists).
+
+    For sinks that cannot be staged and swapped like files (BigQuery partitions): a run over
+    --max_error_rate fails at the check, so these steps never start and the previous data stays."""
+
+    def __init__(self, checked: beam.PCollection) -> None:
+        super().__init__()
+        self._checked = checked
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return pcoll | "Gate" >> beam.Map(_pass_through, _checked=beam.pvalue.AsSingleton(self._checked))
+
+
+def _pass_through(element, _checked: Accounting):
+    return element

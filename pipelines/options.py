@@ -83,12 +83,13 @@ class RunSettings:
         "--on_overflow error, they become dead letters.",
     )
     num_shards: int = setting(0, minimum=0, help="Output files per kind (0: the runner decides).")
-    max_error_rate: float | None = setting(
-        None,
+    max_error_rate: float = setting(
+        0.1,
         minimum=0.0,
         maximum=1.0,
-        help="Fail the job (and publish nothing) when dead letters / input records exceed this fraction, "
-        "e.g. 0.01; default: no limit.",
+        help="Fail the job, publishing nothing and keeping the previous output, when dead letters / input "
+        "records exceed this fraction (default 0.1: a few bad lines pass, a systematic failure such as a "
+        "wrong --text_field does not); 1 turns the check off.",
     )
     run_id: str = setting("", pattern=TOKEN, help="Lineage id written to every row (default: UTC time + random).")
 

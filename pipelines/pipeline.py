@@ -9,7 +9,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from inference.handler import GemmaModelHandler
 from inference.settings import ModelSettings
-from pipelines.accounting import CheckAccounting
+from pipelines.accounting import AfterCheck, CheckAccounting
 from pipelines.bigquery import LoadPartition, ValidateForBigQuery, WriteErrorsToBigQuery
 from pipelines.io import ReadRecords, RecordSpec, WriteErrors, WriteResults, output_prefix
 from pipelines.options import JobConfig
@@ -66,10 +66,12 @@ def build_pipeline(
     inputs = (records, read_errors) | "AllInputs" >> beam.Flatten()
     checked = (inputs, rows, errors) | "Accounting" >> CheckAccounting(config.max_error_rate, staging, after=written)
     if config.output_format == "bigquery":
-        # Loaded only once the accounting check passed: a run over --max_error_rate replaces no partition.
-        checked_rows = rows | "AfterAccounting" >> beam.Map(lambda row, _ok: row, _ok=beam.pvalue.AsSingleton(checked))
+        # Both partitions are replaced only once the accounting check passed: a run over --max_error_rate
+        # leaves the date's results and its dead letters as the previous run left them, together.
+        checked_rows = rows | "RowsAfterAccounting" >> AfterCheck(checked)
+        checked_errors = errors | "ErrorsAfterAccounting" >> AfterCheck(checked)
         _ = checked_rows | "LoadResults" >> LoadPartition(config.output_table, task.schema(), config.run_date)
-        _ = errors | "LoadErrors" >> WriteErrorsToBigQuery(config.output_table, config.run_id, config.run_date)
+        _ = checked_errors | "LoadErrors" >> WriteErrorsToBigQuery(config.output_table, config.run_id, config.run_date)
     _ = (checked,) | "Publish" >> Publish(config.output, staging)
     return JobOutputs(
         records=records,

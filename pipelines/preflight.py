@@ -1,14 +1,22 @@
-"""Checks a run makes before any worker starts: every {field} a task's prompt names is in the input.
+"""Checks a run makes before any worker starts, so a run that cannot work writes nothing.
 
-A field no sampled record has is a mistake in the task file (or in --text_field/--id_field), so the run stops
-with a message naming the file, the task and the key. A field only some records lack is a property of those
-records: each of them becomes a dead letter that says which field was missing.
+Input that matches no file and a model that does not resolve are the user's to fix: each becomes one
+``UserInputError`` line (exit 2), not a traceback from a worker after the job has started. The model check is
+cheap (``gemma_ops.checkpoints.check_model``): file headers and listings, never weights.
+
+Every {field} a task's prompt names must be in the input: a field no sampled record has is a mistake in the
+task file (or in --text_field/--id_field), so the run stops with a message naming the file, the task and the
+key. A field only some records lack is a property of those records: each of them becomes a dead letter that
+says which field was missing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from apache_beam.io.filesystems import FileSystems
+
+from common.errors import UserInputError
 from common.records import Record
 from inference.requests import TEXT_FIELD
 from pipelines.io import RecordSpec
@@ -19,6 +27,30 @@ from transforms.taskfile import TaskFileError, where
 
 SAMPLE_RECORDS = 20
 ALWAYS_PRESENT = (TEXT_FIELD, "id")  # every record has its text and id
+
+
+def check_input(pattern: str) -> int:
+    """The number of files ``pattern`` matches; UserInputError when it matches none or cannot be listed."""
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except OSError as err:  # Beam's BeamIOError: a missing bucket, no permission
+        raise UserInputError(f"--input {pattern} cannot be listed: {err}") from err
+    if not matched:
+        raise UserInputError(
+            f"--input {pattern} matches no files; check the path (quote globs such as 'data/*.jsonl' so the "
+            "shell passes them through)"
+        )
+    return len(matched)
+
+
+def check_model(model: str) -> None:
+    """UserInputError when --model does not resolve (nothing is loaded or copied)."""
+    from gemma_ops.checkpoints import check_model as check_checkpoint
+
+    try:
+        check_checkpoint(model)
+    except FileNotFoundError as err:
+        raise UserInputError(str(err)) from err
 
 
 def check_prompt_fields(tasks: TaskSet, records: Sequence[Record], source: str) -> None:
@@ -36,7 +68,10 @@ def check_prompt_fields(tasks: TaskSet, records: Sequence[Record], source: str) 
 
 
 def preflight(config: JobConfig, tasks: TaskSet) -> None:
-    """The checks above, on the first records of the job's input."""
+    """Everything that must hold before the job starts; raises UserInputError (TaskFileError is one) on the
+    first problem."""
+    check_input(config.input)
+    check_model(config.model)
     if not any(task.slots() - set(ALWAYS_PRESENT) for task in tasks.tasks):
         return
     sample = read_sample(config.input, RecordSpec.of(config), SAMPLE_RECORDS, config.input_format)

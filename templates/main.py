@@ -5,6 +5,9 @@ Kept thin: the pipeline lives in the installed package. This file only adapts wh
   run's date (``--run_date=YYYY-MM-DD``, or today in UTC shifted by ``--run_date_offset_days``, e.g. -1 to
   process yesterday's input folder); the pipeline gets ``--run_date`` when its options declare it.
 - The launcher passes every parameter as ``--name=value``; boolean flags arrive as ``--flag=true|false``.
+- Dataflow has already checked the parameter names against metadata.json, and the launcher adds its own
+  environment flags, so an unknown flag is logged here rather than refused; input that matches nothing and a
+  model that does not resolve still stop the launch before any worker starts (``pipelines.preflight``).
 It submits the job and returns without waiting: the launcher VM is not meant to babysit a batch job.
 """
 
@@ -85,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from pipelines.batch_inference import parse_args
     from pipelines.pipeline import build_pipeline
+    from pipelines.preflight import preflight
+    from transforms.registry import make_task_set
 
     logging.getLogger().setLevel(logging.INFO)
     bools, takes_run_date = pipeline_flags()
@@ -94,9 +99,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         takes_run_date,
         datetime.datetime.now(datetime.timezone.utc).date(),
     )
-    options, config = parse_args(args)
+    options, config = parse_args(args, strict=False)
+    tasks = make_task_set(config)
+    preflight(config, tasks)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, config, progress=False)
+    build_pipeline(pipeline, config, progress=False, tasks=tasks)
     pipeline.run()
 
 

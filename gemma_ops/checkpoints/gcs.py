@@ -84,6 +84,23 @@ def listing_digest(uri: str, objects: Iterable[RemoteObject]) -> str:
     return digest.hexdigest()[:20]
 
 
+def check_gcs_checkpoint(uri: str, *, client: Any = None) -> None:
+    """Raise FileNotFoundError when ``uri`` is not a listable checkpoint folder (nothing is downloaded)."""
+    from google.api_core import exceptions as gcs_errors
+    from google.auth import exceptions as auth_errors
+
+    try:
+        if client is None:
+            from google.cloud import storage
+
+            client = storage.Client()
+        list_model_objects(client, uri)
+    except (gcs_errors.GoogleAPICallError, auth_errors.GoogleAuthError) as err:  # no bucket, no access: say so
+        raise FileNotFoundError(f"--model {uri}: cannot list the folder ({type(err).__name__}: {err})") from err
+    except ValueError as err:  # a malformed URI or an object name that would escape the folder
+        raise FileNotFoundError(f"--model {uri}: {err}") from err
+
+
 def fetch_gcs_checkpoint(uri: str, cache_dir: Path, *, client: Any = None, max_workers: int = DEFAULT_WORKERS) -> Path:
     """Return a local folder holding the checkpoint at ``uri``, downloading it on first use."""
     if client is None:

@@ -62,7 +62,9 @@ def read_errors(folder):
 
 
 def test_parquet_results_have_the_declared_schema_and_all_records_are_accounted_for(tmp_path, input_file):
-    config = JobConfig(input=str(input_file), output=str(tmp_path / "out"), task="sentiment", run_id="r1")
+    config = JobConfig(
+        input=str(input_file), output=str(tmp_path / "out"), task="sentiment", run_id="r1", max_error_rate=0.4
+    )
     summary = run(config)
     files = glob.glob(str(tmp_path / "out" / "results-*.parquet"))
     assert files and summary.result_files == tuple(sorted(files))
@@ -93,6 +95,7 @@ def test_jsonl_output_for_summaries(tmp_path, input_file):
         task="summarize",
         output_format="jsonl",
         run_id="r2",
+        max_error_rate=0.4,  # two of LINES' five records are dead letters on purpose
     )
     summary = run(config)
     rows = [json.loads(line) for f in summary.result_files for line in Path(f).read_text().splitlines()]

@@ -170,7 +170,7 @@ def test_max_prompt_tokens_truncates_or_dead_letters_by_flag(tmp_path, fake_engi
     source.write_text('{"id": "long", "text": "' + "great " * 300 + '"}\n{"id": "short", "text": "awful"}\n')
     config = JobConfig(
         input=str(source), output=str(tmp_path / "out"), run_id="p", max_prompt_tokens=1200, on_overflow=policy,
-        model_copies=0,
+        model_copies=0, max_error_rate=1.0,
     )  # fmt: skip
     summary = run_job(config, pipelines.pipeline.make_handler(config))
     rows = {r["id"]: r for r in result_rows(summary)}

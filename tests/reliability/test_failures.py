@@ -162,7 +162,7 @@ def run_job(config: JobConfig, handler: GemmaModelHandler, runner: str = FN_API)
 def test_pipeline_dead_letters_only_the_crashing_record(tmp_path):
     lines = [{"id": f"r{i}", "text": t} for i, t in enumerate(["great", "awful", CRASH, "hours", "love"])]
     (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    config = JobConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out"), run_id="r")
+    config = JobConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out"), run_id="r", max_error_rate=0.2)
     summary = run_job(config, handler_for(crashing_factory))
     rows = pq.ParquetDataset(list(summary.result_files)).read().to_pylist()
     assert sorted(r["id"] for r in rows) == ["r0", "r1", "r3", "r4"]

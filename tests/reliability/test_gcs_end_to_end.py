@@ -39,7 +39,12 @@ def test_gs_input_output_and_model(gcs, tiny_gemma3, tmp_path, monkeypatch):
     outputs.blob("run/results-00000-of-00009.parquet").upload_from_string(b"a stale file from an older run")
 
     config = JobConfig(
-        input="gs://in/reviews/*.jsonl", output="gs://out/run", model="gs://models/tiny", run_id="gcs", num_shards=1
+        input="gs://in/reviews/*.jsonl",
+        output="gs://out/run",
+        model="gs://models/tiny",
+        run_id="gcs",
+        num_shards=1,
+        max_error_rate=0.4,  # two of the five lines are bad on purpose
     )
     handler = GemmaModelHandler(ModelSettings(model=config.model, device="cpu", dtype="float32", model_copies=0))
     started = time.monotonic()

@@ -28,7 +28,12 @@ def snapshot(folder) -> dict[str, bytes]:
 @pytest.mark.parametrize("output_format", ["parquet", "jsonl"])
 def test_same_job_twice_gives_the_same_files_and_rows(input_file, tmp_path, output_format):
     config = JobConfig(
-        input=str(input_file), output=str(tmp_path / "out"), run_id="fixed", num_shards=2, output_format=output_format
+        input=str(input_file),
+        output=str(tmp_path / "out"),
+        run_id="fixed",
+        num_shards=2,
+        output_format=output_format,
+        max_error_rate=0.2,  # the "oops" line is a dead letter
     )
     first = run_job(config)
     files_first, rows_first = snapshot(tmp_path / "out"), result_rows(first)
@@ -49,9 +54,9 @@ def test_a_rerun_with_fewer_shards_leaves_no_stale_files(input_file, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "README.txt").write_text("not the job's: kept")
-    run_job(JobConfig(input=str(input_file), output=str(out), run_id="a", num_shards=3))
+    run_job(JobConfig(input=str(input_file), output=str(out), run_id="a", num_shards=3, max_error_rate=0.2))
     assert len(list(out.glob("results-*-of-00003.parquet"))) == 3
-    summary = run_job(JobConfig(input=str(input_file), output=str(out), run_id="b", num_shards=1))
+    summary = run_job(JobConfig(input=str(input_file), output=str(out), run_id="b", num_shards=1, max_error_rate=0.2))
     assert sorted(snapshot(out)) == ["README.txt", "errors-00000-of-00001.jsonl", "results-00000-of-00001.parquet"]
     rows = result_rows(summary)
     assert sorted(r["id"] for r in rows) == [f"r{i}" for i in range(7)] and {r["run_id"] for r in rows} == {"b"}

@@ -249,7 +249,7 @@ def test_the_cli_logs_no_secrets(tmp_path, monkeypatch, caplog, capsys):
     source.write_text('{"id": "a", "text": "great"}\nnot json\n{"id": "p", "text": "POISON"}\n')
     caplog.set_level(logging.DEBUG)
     argv = ["--input", str(source), "--output", str(tmp_path / "out"), "--runner", FN_API]
-    argv += ["--service_account_email", SA_EMAIL, "--run_id", "sec"]
+    argv += ["--service_account_email", SA_EMAIL, "--run_id", "sec", "--max_error_rate", "1"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     text = (
