@@ -72,7 +72,7 @@ def build_pipeline(
         checked_errors = errors | "ErrorsAfterAccounting" >> AfterCheck(checked)
         _ = checked_rows | "LoadResults" >> LoadPartition(config.output_table, task.schema(), config.run_date)
         _ = checked_errors | "LoadErrors" >> WriteErrorsToBigQuery(config.output_table, config.run_id, config.run_date)
-    _ = (checked,) | "Publish" >> Publish(config.output, staging)
+    _ = (checked,) | "Publish" >> Publish(config.output, staging, config.run_id)
     return JobOutputs(
         records=records,
         rows=rows,

@@ -72,7 +72,11 @@ def test_max_error_rate_1_opts_out(two_records, tmp_path):
         )
         == 0
     )
-    assert sorted(p.name for p in out.iterdir()) == ["errors-00000-of-00001.jsonl", "results-00000-of-00001.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_PUBLISHED.json",
+        "errors-00000-of-00001.jsonl",
+        "results-00000-of-00001.parquet",
+    ]
 
 
 def test_input_that_matches_nothing_is_one_line_exit_2_and_nothing_written(tmp_path, capsys):
