@@ -88,9 +88,8 @@ def predict(runner: Any, tasks: TaskSet, rows: list[dict[str, Any]], column: str
         chunk = rows[first : first + 32]
         records = [Record(row["id"], row["text"]) for row in chunk]
         responses = runner.run([tasks.build_request(record) for record in records])
-        predicted += [
-            tasks.to_row(r, response, "bench")[column] for r, response in zip(records, responses, strict=True)
-        ]
+        pairs = zip(records, responses, strict=True)
+        predicted += [tasks.to_row(r, response, "bench", tasks.fingerprint())[column] for r, response in pairs]
     return predicted, time.perf_counter() - start
 
 

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from common.fingerprint import digest
 from common.settings import problems, raise_problems, setting
 
 PROMPT_STYLES = ("auto", "completion", "chat")
@@ -14,6 +15,10 @@ PromptStyle = Literal["auto", "completion", "chat"]
 Overflow = Literal["truncate", "error"]
 
 GCS_FOLDER = r"gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+"
+# Settings that change how fast a result comes, never what it is: left out of the model fingerprint.
+RUNTIME_ONLY = frozenset(
+    {"batch_max_tokens", "device", "dtype", "engine_max_batch_tokens", "engine_max_slots", "model_copies"}
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,6 +77,12 @@ class ModelSettings:
     def of(cls, config: Any) -> ModelSettings:
         """The model settings of a larger config that declares them too (the job's)."""
         return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
+    def fingerprint(self) -> str:
+        """A hash of the model and every setting that can change a result (all but ``RUNTIME_ONLY``, so a
+        setting added later, an adapter say, counts by default). The --model value stands for the weights:
+        a new checkpoint under the same path is not noticed, so stage each version under its own path."""
+        return digest({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in RUNTIME_ONLY})
 
     def engine_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the engine factory; unset ones keep the engine's defaults."""

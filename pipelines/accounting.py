@@ -1,4 +1,5 @@
-"""Every input record is accounted for: input = results + errors, and the error rate stays under the limit.
+"""Every input record is accounted for: input = results + errors (+ skipped, with --skip_done and
+--skipped_rows drop), and the error rate stays under the limit.
 
 The check runs inside the pipeline on the exact PCollections (not on counters, which a retried bundle can
 count twice), so it holds on every runner; it fails the job before the output is published.
@@ -27,6 +28,7 @@ class Accounting:
     inputs: int
     results: int
     errors: int
+    skipped: int = 0  # done in an earlier run and not carried into this output
 
     @property
     def error_rate(self) -> float:
@@ -35,10 +37,12 @@ class Accounting:
 
 def check_accounting(counts: Accounting, max_error_rate: float, errors_at: str = "") -> Accounting:
     """Raise when records went missing or the error rate is over ``max_error_rate`` (1: no limit)."""
-    if counts.inputs != counts.results + counts.errors:
+    outcomes = counts.results + counts.errors + counts.skipped
+    if counts.inputs != outcomes:
+        skipped = f" + {counts.skipped} skipped" if counts.skipped else ""
         raise RecordsLost(
-            f"{counts.inputs} input records but {counts.results} results + {counts.errors} errors "
-            f"= {counts.results + counts.errors}; please report this with the input that caused it"
+            f"{counts.inputs} input records but {counts.results} results + {counts.errors} errors{skipped} "
+            f"= {outcomes}; please report this with the input that caused it"
         )
     if counts.error_rate > max_error_rate:
         where = f" (dead letters kept in {errors_at})" if errors_at else ""
@@ -55,7 +59,7 @@ def _count(pcoll: beam.PCollection, label: str) -> beam.pvalue.AsSingleton:
 
 
 class CheckAccounting(beam.PTransform):
-    """(inputs, results, errors) PCollections -> one Accounting element, or a failed job."""
+    """(inputs, results, errors[, skipped]) PCollections -> one Accounting element, or a failed job."""
 
     def __init__(self, max_error_rate: float, errors_at: str = "", after: tuple[beam.PCollection, ...] = ()) -> None:
         """``after``: steps to wait for first (the writes), so a failed check still leaves the dead letters."""
@@ -64,14 +68,15 @@ class CheckAccounting(beam.PTransform):
         self._errors_at = errors_at
         self._after = after
 
-    def expand(self, pcolls: tuple[beam.PCollection, beam.PCollection, beam.PCollection]):
-        inputs, results, errors = pcolls
+    def expand(self, pcolls: tuple[beam.PCollection, ...]):
+        inputs, results, errors, *rest = pcolls
+        skipped = rest[0] if rest else inputs.pipeline | "NoneSkipped" >> beam.Create([])
         max_rate, errors_at = self._max_error_rate, self._errors_at
 
         waits = {f"wait{i}": beam.pvalue.AsList(p) for i, p in enumerate(self._after)}
 
-        def check(_, n_in: int, n_results: int, n_errors: int, **_waits) -> Accounting:
-            counts = check_accounting(Accounting(n_in, n_results, n_errors), max_rate, errors_at)
+        def check(_, n_in: int, n_results: int, n_errors: int, n_skipped: int, **_waits) -> Accounting:
+            counts = check_accounting(Accounting(n_in, n_results, n_errors, n_skipped), max_rate, errors_at)
             Metrics.counter(metrics.PIPELINE_NAMESPACE, metrics.ACCOUNTED_RECORDS).inc(n_in)
             return counts
 
@@ -84,6 +89,7 @@ class CheckAccounting(beam.PTransform):
                 n_in=_count(inputs, "CountInputs"),
                 n_results=_count(results, "CountResults"),
                 n_errors=_count(errors, "CountErrors"),
+                n_skipped=_count(skipped, "CountSkipped"),
                 **waits,
             )
         )

@@ -21,6 +21,7 @@ from transforms.settings import TaskSettings
 
 OUTPUT_FORMATS = ("parquet", "jsonl", "bigquery")
 INPUT_FORMATS = ("auto", "jsonl", "parquet")
+SKIPPED_ROWS = ("carry", "drop")
 
 GCS_PATH = r"^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/.*)?$"
 GCS_PATTERN = r"^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+$"
@@ -92,6 +93,19 @@ class RunSettings:
         "wrong --text_field does not); 1 turns the check off.",
     )
     run_id: str = setting("", pattern=TOKEN, help="Lineage id written to every row (default: UTC time + random).")
+    skip_done: str | None = setting(
+        None,
+        metavar="PATH",
+        pattern=GCS_PATH,
+        help="An earlier run's output folder (local or gs://): records whose result is already there for the "
+        "same content, task definition and model (the result_key column) are not run again.",
+    )
+    skipped_rows: str = setting(
+        "carry",
+        choices=SKIPPED_ROWS,
+        help="--skip_done: carry the skipped records' earlier rows into this run's output (a complete folder), "
+        "or drop them (the output holds only what this run computed).",
+    )
 
     @staticmethod
     def run_problems(settings: RunSettings) -> list[str]:

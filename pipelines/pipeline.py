@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 
+from common.fingerprint import job_fingerprint
 from inference.handler import GemmaModelHandler
 from inference.settings import ModelSettings
 from pipelines.accounting import AfterCheck, CheckAccounting
@@ -15,6 +16,7 @@ from pipelines.io import ReadRecords, RecordSpec, WriteErrors, WriteResults, out
 from pipelines.options import JobConfig
 from pipelines.progress import ReportProgress
 from pipelines.publish import Publish, staging_dir
+from pipelines.skip_done import SkipDone
 from transforms.infer import InferTask
 from transforms.registry import make_task_set
 from transforms.task import TaskSet
@@ -36,6 +38,32 @@ class JobOutputs:
     errors_prefix: str
 
 
+def job_fingerprint_of(config: JobConfig, task: TaskSet) -> str:
+    """The task's and the model's fingerprints, which every row's result_key hashes in."""
+    return job_fingerprint(task.fingerprint(), ModelSettings.of(config).fingerprint())
+
+
+def _infer(records: beam.PCollection, config: JobConfig, task: TaskSet, handler: ModelHandler, progress: bool):
+    """Records -> (rows, task dead letters, skipped): with --skip_done, records already done are not run;
+    ``skipped`` holds their ids when their earlier rows are not carried (else it is empty)."""
+    fingerprint = job_fingerprint_of(config, task)
+    carried = skipped = None
+    if config.skip_done:
+        records, skipped = records | "SkipDone" >> SkipDone(
+            config.skip_done, fingerprint, task.schema(), config.skipped_rows
+        )
+        if config.skipped_rows == "carry":
+            carried, skipped = skipped, None
+    rows, task_errors = records | "Infer" >> InferTask(task, handler, config.run_id, fingerprint)
+    if progress:
+        rows = rows | "Progress" >> beam.ParDo(ReportProgress())
+    if carried is not None:
+        rows = (rows, carried) | "WithCarriedRows" >> beam.Flatten()
+    if skipped is None:
+        skipped = records.pipeline | "NothingDropped" >> beam.Create([])
+    return rows, task_errors, skipped
+
+
 def build_pipeline(
     pipeline: beam.Pipeline,
     config: JobConfig,
@@ -47,10 +75,7 @@ def build_pipeline(
     ``tasks`` the config's tasks when the caller has built them already."""
     task = tasks or make_task_set(config)
     records, read_errors = pipeline | "Read" >> ReadRecords(config.input, RecordSpec.of(config), config.input_format)
-    handler = handler or make_handler(config)
-    rows, task_errors = records | "Infer" >> InferTask(task, handler, config.run_id)
-    if progress:
-        rows = rows | "Progress" >> beam.ParDo(ReportProgress())
+    rows, task_errors, skipped = _infer(records, config, task, handler or make_handler(config), progress)
     errors = (read_errors, task_errors) | "AllErrors" >> beam.Flatten()
     # Sinks write to a run-scoped folder; Publish swaps it in only after the writes and the accounting check.
     staging = staging_dir(config.output, config.run_id)
@@ -64,7 +89,8 @@ def build_pipeline(
             errors | "WriteErrors" >> WriteErrors(staging, config.num_shards),
         )
     inputs = (records, read_errors) | "AllInputs" >> beam.Flatten()
-    checked = (inputs, rows, errors) | "Accounting" >> CheckAccounting(config.max_error_rate, staging, after=written)
+    accounting = CheckAccounting(config.max_error_rate, staging, after=written)
+    checked = (inputs, rows, errors, skipped) | "Accounting" >> accounting
     if config.output_format == "bigquery":
         # Both partitions are replaced only once the accounting check passed: a run over --max_error_rate
         # leaves the date's results and its dead letters as the previous run left them, together.

@@ -59,12 +59,15 @@ class RunSummary:
     wall_seconds: float
     result_files: tuple[str, ...]
     error_files: tuple[str, ...]
+    skipped: int = 0  # --skip_done: records already done in an earlier run
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}={v}" for k, v in sorted(self.errors_by_stage.items())) or "none"
         tokens = self.prompt_tokens + self.generated_tokens
+        skipped = [f"skipped:       {self.skipped} done in an earlier run (--skip_done)"] if self.skipped else []
         return [
             f"input records: {self.input_lines}",
+            *skipped,
             f"rows written:  {self.rows}",
             f"errors:        {self.errors} ({stages})",
             f"tokens:        {self.prompt_tokens} prompt + {self.generated_tokens} generated "
@@ -108,4 +111,5 @@ def summarize_run(result: Any, results_prefix: str, errors_prefix: str, wall_sec
         wall_seconds=wall_seconds,
         result_files=matched_files(results_prefix),
         error_files=matched_files(errors_prefix),
+        skipped=counts.get(metrics.SKIPPED_DONE, 0),
     )

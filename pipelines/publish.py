@@ -35,6 +35,8 @@ PUBLISHED = "_PUBLISHED.json"  # in the output folder: which run's files it hold
 
 class NothingToPublish(RuntimeError):
     """The staging folder holds no files and the output was not published by this run."""
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 

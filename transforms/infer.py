@@ -31,15 +31,16 @@ class _BuildRequests(beam.DoFn):
 
 
 class _ToRows(beam.DoFn):
-    def __init__(self, task: TaskSet, run_id: str) -> None:
+    def __init__(self, task: TaskSet, run_id: str, fingerprint: str) -> None:
         self._task = task
         self._run_id = run_id
+        self._fingerprint = fingerprint
         self._rows = Metrics.counter(metrics.PIPELINE_NAMESPACE, metrics.RESULTS)
 
     def process(self, element: tuple[Record, RecordResponse]):
         record, response = element
         try:
-            row = self._task.to_row(record, response, self._run_id)
+            row = self._task.to_row(record, response, self._run_id, self._fingerprint)
         except InferenceError as err:
             yield beam.pvalue.TaggedOutput(ERRORS_TAG, DeadLetter(record.id, "inference", str(err), record.source))
             return
@@ -52,20 +53,24 @@ class _ToRows(beam.DoFn):
 
 
 class InferTask(beam.PTransform):
-    """Records -> (rows, dead letters): build requests, RunInference, parse into the task's typed rows."""
+    """Records -> (rows, dead letters): build requests, RunInference, parse into the task's typed rows.
 
-    def __init__(self, task: TaskSet, handler: ModelHandler, run_id: str) -> None:
+    ``fingerprint``: the job's (task and model, ``common.fingerprint.job_fingerprint``); each row's
+    ``result_key`` hashes it with the record."""
+
+    def __init__(self, task: TaskSet, handler: ModelHandler, run_id: str, fingerprint: str) -> None:
         super().__init__()
         self._task = task
         self._handler = handler
         self._run_id = run_id
+        self._fingerprint = fingerprint
 
     def expand(self, records):
         built = records | "BuildRequests" >> beam.ParDo(_BuildRequests(self._task)).with_outputs(
             ERRORS_TAG, main="requests"
         )
         responses = built.requests | "RunInference" >> RunInference(self._handler)
-        parsed = responses | "ToRows" >> beam.ParDo(_ToRows(self._task, self._run_id)).with_outputs(
+        parsed = responses | "ToRows" >> beam.ParDo(_ToRows(self._task, self._run_id, self._fingerprint)).with_outputs(
             ERRORS_TAG, main="rows"
         )
         errors = (built[ERRORS_TAG], parsed[ERRORS_TAG]) | "TaskErrors" >> beam.Flatten()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from common.fingerprint import digest, result_key
 from common.records import Record
 from common.text import extra_json
 from inference.requests import (
@@ -37,6 +38,7 @@ LINEAGE_FIELDS = [
     pa.field("prompt_tokens", pa.int64(), nullable=False),
     pa.field("output_tokens", pa.int64(), nullable=False),
     pa.field("run_id", pa.string(), nullable=False),
+    pa.field("result_key", pa.string(), nullable=False),  # common.fingerprint: what --skip_done matches on
     pa.field("extra", pa.string(), nullable=False),
 ]
 
@@ -70,6 +72,12 @@ class Task(ABC):
     @abstractmethod
     def fields(self) -> list[pa.Field]:
         """Arrow fields of the task's columns, in output order (unprefixed)."""
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides this task's output: its class and its whole state (instructions,
+        labels and their words, examples, sampling params, calibration). Read from the instance, so a new task
+        kind is fingerprinted without code of its own; any change to its state makes earlier results stale."""
+        return digest({"task": type(self).__qualname__, "state": vars(self)})
 
     def slots(self) -> set[str]:
         """The record fields the task's prompt reads."""
@@ -155,6 +163,11 @@ class TaskSet:
                 )
         return RecordRequest(values, self.templates)
 
+    def fingerprint(self) -> str:
+        """A hash of what decides the rows: every task's fingerprint, the input label, the column naming."""
+        tasks = [task.fingerprint() for task in self.tasks]
+        return digest({"tasks": tasks, "input_label": self.input_label, "prefixed": self.prefixed})
+
     def schema(self) -> pa.Schema:
         head = [pa.field("id", pa.string(), nullable=False)]
         if not self.prefixed:
@@ -165,8 +178,9 @@ class TaskSet:
     def _column(self, task: Task, field: pa.Field) -> pa.Field:
         return field.with_name(f"{task.name}_{field.name}") if self.prefixed else field
 
-    def to_row(self, record: Record, response: RecordResponse, run_id: str) -> dict[str, Any]:
-        """The output row: id, every task's columns, lineage, pass-through fields."""
+    def to_row(self, record: Record, response: RecordResponse, run_id: str, fingerprint: str) -> dict[str, Any]:
+        """The output row: id, every task's columns, lineage, pass-through fields. ``fingerprint``: the job's
+        (``common.fingerprint.job_fingerprint``), hashed with the record into ``result_key``."""
         if response.error:
             raise InferenceError(response.error)
         expected = sum(len(template.questions) for template in self.templates)
@@ -188,6 +202,7 @@ class TaskSet:
             prompt_tokens=response.prompt_tokens,
             output_tokens=response.output_tokens,
             run_id=run_id,
+            result_key=result_key(record.id, record.text, fingerprint),
             extra=extra_json(record.extra),
         )
         return row

@@ -37,6 +37,7 @@ def result_row(i: int, run_id: str = "run-1") -> dict:
         "prompt_tokens": 10 + i,
         "output_tokens": 0,
         "run_id": run_id,
+        "result_key": f"key-{i}",
         "extra": "{}",
     }
 
@@ -94,6 +95,7 @@ def test_schema_partitioning_rows_and_errors_table(emulators, undecorated):
         "prompt_tokens": ("INTEGER", "REQUIRED"),
         "output_tokens": ("INTEGER", "REQUIRED"),
         "run_id": ("STRING", "REQUIRED"),
+        "result_key": ("STRING", "REQUIRED"),
         "extra": ("STRING", "REQUIRED"),
         "run_date": ("DATE", "REQUIRED"),
     }

@@ -49,7 +49,7 @@ def run_two_processes(model: Path, markers: Path, model_copies: int) -> tuple[in
     rows_dir = markers / "rows"
     rows_dir.mkdir()
     with beam.Pipeline(runner=RUNNER, options=options) as p:
-        rows, _ = p | beam.Create(records) | beam.Reshuffle() | InferTask(shortcut("sentiment"), handler, "mp")
+        rows, _ = p | beam.Create(records) | beam.Reshuffle() | InferTask(shortcut("sentiment"), handler, "mp", "fp")
         _ = rows | beam.Map(lambda row: Path(rows_dir, row["id"]).touch() or _touch(str(markers), row))
     loads = len(list(markers.glob("load-*")))
     inference_processes = len(list(markers.glob("infer-*")))

@@ -68,9 +68,9 @@ def test_record_spec_refuses_unknown_policies():
 
 def test_a_truncated_record_sets_the_truncated_column():
     response = RecordResponse((Answer((-4.0, -5.0, -5.0)),), 12, False, "completion", "m")
-    row = shortcut("sentiment").to_row(Record("t", "great", truncated=True), response, "run")
+    row = shortcut("sentiment").to_row(Record("t", "great", truncated=True), response, "run", "fp")
     assert (row["truncated"], row["label"], row["prompt_tokens"]) == (True, "positive", 12)
-    assert shortcut("sentiment").to_row(Record("t", "great"), response, "run")["truncated"] is False
+    assert shortcut("sentiment").to_row(Record("t", "great"), response, "run", "fp")["truncated"] is False
 
 
 def _check_parquet(tmp_path, spec: RecordSpec, records: list[tuple], errors: list[tuple]) -> None:
@@ -198,4 +198,4 @@ def test_lone_surrogate_escapes_in_id_or_extra_are_dead_letters_not_a_failed_wri
 def test_non_finite_numbers_in_extra_fields_become_null_in_strict_json():
     record = parse_line(b'{"id": "n", "text": "hi", "a": NaN, "b": [Infinity, 1.5]}', RecordSpec())
     response = RecordResponse((Answer((-4.0, -5.0, -5.0)),), 3, False, "completion", "m")
-    assert shortcut("sentiment").to_row(record, response, "r")["extra"] == '{"a": null, "b": [null, 1.5]}'
+    assert shortcut("sentiment").to_row(record, response, "r", "fp")["extra"] == '{"a": null, "b": [null, 1.5]}'

@@ -283,7 +283,7 @@ tasks:
         f"mood_{c}" for c in ("label", "confidence", "label_scores", "abstained")
     }
     with BeamPipeline(runner=RUNNER) as p:
-        rows, errors = p | beam.Create(records) | InferTask(tasks, handler(), "run")
+        rows, errors = p | beam.Create(records) | InferTask(tasks, handler(), "run", "fp")
         assert_that(rows | beam.Map(lambda r: {k: v for k, v in r.items() if k in columns}), equal_to(expected))
         assert_that(errors, equal_to([]), label="errors")
 
@@ -292,7 +292,7 @@ def test_a_missing_prompt_field_dead_letters_only_that_record():
     tasks = tasks_from(TICKETS)
     records = [Record("a", "refund please", {"channel": "email"}), Record("b", "where is it", {})]
     with BeamPipeline(runner=RUNNER) as p:
-        rows, errors = p | beam.Create(records) | InferTask(tasks, handler(), "run")
+        rows, errors = p | beam.Create(records) | InferTask(tasks, handler(), "run", "fp")
         assert_that(rows | beam.Map(lambda r: (r["id"], r["note_finish_reason"])), equal_to([("a", "stop")]))
         assert_that(
             errors | beam.Map(lambda e: (e.id, e.stage, e.error)),
