@@ -5,7 +5,8 @@ completion prompts for base ones). Trusted template text is tokenized once per s
 The template may hold control tokens (the turn markers); record fields may not, so each is encoded on its
 own with ``allow_special=False``: a literal "<start_of_turn>" in a record becomes plain characters and can
 never open a turn or end the prompt's delimiters early. A record too long for the context has its text cut
-by tokens, never the instructions.
+by tokens, never the instructions; or, with --long_documents chunk, split into pieces that fit
+(``split_text``, at paragraph and sentence bounds) for the runner to read one by one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.text import PARAGRAPH_BREAK
+from inference.chunking import split_to_fit
 from inference.requests import (
     TEXT_FIELD,
     Piece,
@@ -145,6 +148,37 @@ class PromptEncoder:
         tails = [self._join(pieces, fields, first=False) for pieces in tail_pieces]
         return EncodedPrompt(self.head(template), trunk, tails, True)
 
+    def text_room(self, values: Mapping[str, str], template: PromptTemplate) -> int:
+        """Tokens the record's text may take in a prompt of ``template`` with every question fitting whole."""
+        trunk_pieces, tail_pieces = self._pieces(template)
+        fields = self._field_ids({**values, TEXT_FIELD: ""}, trunk_pieces, tail_pieces)
+        trunk = self._join(trunk_pieces, fields, first=True)
+        rooms = []
+        for index, (question, pieces) in enumerate(zip(template.questions, tail_pieces, strict=True)):
+            copies = _count(trunk_pieces) + _count(pieces)
+            if copies:
+                base = len(trunk) + len(self._join(pieces, fields, first=False))
+                rooms.append((self._limit(self.reserve(question, template, index)) - base) // copies)
+        return min(rooms) if rooms else self.max_context
+
+    def split_text(self, values: Mapping[str, str], template: PromptTemplate) -> list[str]:
+        """The record's text as pieces that each fit a prompt of ``template`` whole (``inference.chunking``)."""
+        room = self.text_room(values, template)
+        if room < 1:
+            raise PromptTooLong(
+                "the prompt template alone leaves no room for the record's text; lower --max_new_tokens or raise "
+                "--max_prompt_tokens"
+            )
+        return split_to_fit(values[TEXT_FIELD], room, self._text_tokens, self._cut_by_tokens)
+
+    def _text_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text.replace(PARAGRAPH_BREAK, " "), add_bos=False, allow_special=False))
+
+    def _cut_by_tokens(self, text: str, room: int) -> list[str]:
+        """A text with no bound to split at (one huge word), cut every ``room`` tokens."""
+        ids = self._tokenizer.encode(text.replace(PARAGRAPH_BREAK, " "), add_bos=False, allow_special=False)
+        return [self._tokenizer.decode(ids[i : i + room]) for i in range(0, len(ids), room)]
+
     def _limit(self, reserve: int) -> int:
         limit = self.max_context - reserve
         return limit if self._max_prompt_tokens is None else min(limit, self._max_prompt_tokens)
@@ -157,7 +191,8 @@ class PromptEncoder:
         if missing:
             raise ValueError(f"the record has no field {', '.join(repr(m) for m in missing)} for the prompt")
         ordered = sorted(names)
-        encoded = self._tokenizer.encode_batch([values[n] for n in ordered], add_bos=False, allow_special=False)
+        texts = [values[n].replace(PARAGRAPH_BREAK, " ") for n in ordered]  # paragraph marks read as spaces
+        encoded = self._tokenizer.encode_batch(texts, add_bos=False, allow_special=False)
         return dict(zip(ordered, encoded, strict=True))
 
     def _join(self, pieces: tuple[Piece, ...], fields: dict[str, list[int]], first: bool) -> list[int]:

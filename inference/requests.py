@@ -104,17 +104,19 @@ class Answer:
     prior: tuple[float, ...] | None = None  # mean log P(word | content-free prompt); None without calibration
     text: str = ""
     finish_reason: str = ""  # "stop" | "length" for generated answers
-    output_tokens: int = 0
+    output_tokens: int = 0  # every engine call of the answer, chunks and reduce steps included
 
 
 @dataclass(frozen=True)
 class RecordResponse:
     answers: tuple[Answer, ...]  # one per question, templates in order; empty when ``error`` is set
-    prompt_tokens: int  # tokens the model read for this record: each trunk once, plus every tail
+    prompt_tokens: int  # tokens the model read for this record: each trunk once, every tail, every chunk
     truncated: bool
     style: str
     model: str
     error: str | None = None
+    chunks: int = 1  # --long_documents chunk: pieces the record's text was read in; 1 when it fit
+    chunks: int = 1  # pieces the document was read in (always 1 for scoring)
 
     @property
     def output_tokens(self) -> int:

@@ -2,8 +2,9 @@
 
 It renders each request's prompt (``PromptEncoder``), asks every question of every request in as few engine
 calls as it can (scored questions grouped by their words and shared head, generations together), scores the
-calibration priors once and caches them, halves its calls after an out-of-memory error, and returns one
-response per request in order. Beam-free; a Beam proxy talks to it through its methods only.
+calibration priors once and caches them, reads texts too long for the context in chunks for generated
+questions (--long_documents chunk), halves its calls after an out-of-memory error, and returns one response
+per request in order. Beam-free; a Beam proxy talks to it through its methods only.
 
 Failures stay with the requests they belong to: a failed calibration prior fails only the requests that need
 it (tried once per call, never cached), and a broken accelerator marks the runner broken, so every later call
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from inference.calibration import Attempts, CalibrationFailed, Priors
 from inference.failures import (
     DeviceFailure,
     device_failure,
@@ -25,6 +27,7 @@ from inference.failures import (
     is_out_of_memory,
     release_accelerator_memory,
 )
+from inference.long_documents import LongQuestion, LongReading, read_long_texts
 from inference.prompts import EncodedPrompt, PromptEncoder
 from inference.requests import Answer, PromptTemplate, RecordRequest, RecordResponse, RunnerInfo
 from inference.settings import ModelSettings
@@ -32,11 +35,6 @@ from inference.settings import ModelSettings
 _LOG = logging.getLogger(__name__)
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
-_PriorKey = tuple[Any, ...]
-
-
-class CalibrationFailed(RuntimeError):
-    """A question's prior could not be scored: the requests that need it fail, their batch-mates do not."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +75,9 @@ class EngineRunner:
             settings.on_overflow,
         )
         self._load_seconds = load_seconds
+        self._read_long_documents = settings.long_documents == "chunk"
         self._lock = threading.Lock()
-        self._priors: dict[tuple, tuple[float, ...]] = {}
+        self._priors = Priors(self.prompts, self._score)
         self._max_call: int | None = None  # requests per engine call; set (and halved) by out-of-memory errors
         self._broken: DeviceFailure | None = None  # the device failure that made this runner unusable
         self.oom_retries = 0
@@ -98,16 +97,30 @@ class EngineRunner:
                     encoded[i] = [self.prompts.encode(request.fields, t) for t in request.templates]
                 except ValueError as err:
                     errors[i] = str(err)
-            asks = [
-                _Ask(i, template, (t, q), prompts[t].full(q), prompts[t].head)
-                for i, prompts in encoded.items()
-                for t, template in enumerate(requests[i].templates)
-                for q in range(len(template.questions))
-            ]
+            asks, long_asks = self._asks(requests, encoded)
             answers: dict[tuple[int, int, int], Answer] = {}
+            readings: dict[tuple[int, int, int], LongReading] = {}
             self._ask_scored([a for a in asks if a.template.questions[a.question].scored], answers, errors)
             self._ask_generated([a for a in asks if not a.template.questions[a.question].scored], answers, errors)
-            return [self._response(i, request, encoded, answers, errors) for i, request in enumerate(requests)]
+            self._ask_long(long_asks, requests, answers, errors, readings)
+            return [
+                self._response(i, request, encoded, answers, errors, readings) for i, request in enumerate(requests)
+            ]
+
+    def _asks(
+        self, requests: Sequence[RecordRequest], encoded: dict[int, list[EncodedPrompt]]
+    ) -> tuple[list[_Ask], list[_Ask]]:
+        """Every question of every encoded request; the second list holds the generated ones whose prompt had
+        to cut the text, which --long_documents chunk reads whole instead."""
+        asks: list[_Ask] = []
+        long_asks: list[_Ask] = []
+        for i, prompts in encoded.items():
+            for t, template in enumerate(requests[i].templates):
+                for q, question in enumerate(template.questions):
+                    ask = _Ask(i, template, (t, q), prompts[t].full(q), prompts[t].head)
+                    chunked = self._read_long_documents and prompts[t].truncated and not question.scored
+                    (long_asks if chunked else asks).append(ask)
+        return asks, long_asks
 
     def _ask_scored(
         self, asks: list[_Ask], answers: dict[tuple[int, int, int], Answer], errors: dict[int, str]
@@ -116,7 +129,7 @@ class EngineRunner:
         groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[_Ask]] = {}
         for ask in asks:
             groups.setdefault((self.prompts.candidates(ask.template, ask.question), ask.head), []).append(ask)
-        priors: dict[_PriorKey, tuple[float, ...] | CalibrationFailed] = {}  # this call's, failures included
+        attempts: Attempts = {}  # this call's priors, failures included
         for (candidates, head), members in groups.items():
             results = self._score([ask.prompt for ask in members], list(candidates), head)
             for ask, result in zip(members, results, strict=True):
@@ -124,7 +137,7 @@ class EngineRunner:
                     errors.setdefault(ask.request, result.error)
                     continue
                 try:
-                    prior = self._prior(ask.template, ask.question, priors)
+                    prior = self._priors.get(ask.template, ask.question, attempts)
                 except CalibrationFailed as err:
                     errors.setdefault(ask.request, str(err))
                     continue
@@ -136,10 +149,7 @@ class EngineRunner:
         if not asks:
             return
         params = [ask.template.questions[ask.question].params for ask in asks]
-        completions = self._shrinking(
-            list(zip([ask.prompt for ask in asks], params, strict=True)),
-            lambda chunk: self._engine.generate([ids for ids, _ in chunk], [p for _, p in chunk]),
-        )
+        completions = self._generate(list(zip([ask.prompt for ask in asks], params, strict=True)))
         for ask, completion in zip(asks, completions, strict=True):
             if completion.error:
                 errors.setdefault(ask.request, completion.error)
@@ -150,6 +160,33 @@ class EngineRunner:
                 output_tokens=len(completion.token_ids),
             )
 
+    def _ask_long(
+        self,
+        asks: list[_Ask],
+        requests: Sequence[RecordRequest],
+        answers: dict[tuple[int, int, int], Answer],
+        errors: dict[int, str],
+        readings: dict[tuple[int, int, int], LongReading],
+    ) -> None:
+        """Generated questions about texts too long for one prompt, read in chunks (``inference.long_documents``)."""
+        if not asks:
+            return
+        jobs = [LongQuestion(requests[ask.request].fields, ask.template, ask.question) for ask in asks]
+        for ask, reading in zip(asks, read_long_texts(jobs, self.prompts, self._generate), strict=True):
+            readings[(ask.request, *ask.key)] = reading
+            if reading.error:
+                errors.setdefault(ask.request, reading.error)
+                continue
+            answers[(ask.request, *ask.key)] = Answer(
+                text=reading.text, finish_reason=reading.finish_reason, output_tokens=reading.output_tokens
+            )
+
+    def _generate(self, calls: list[tuple[list[int], Any]]) -> list[Any]:
+        """engine.generate over (prompt ids, params) pairs, in chunks that fit memory."""
+        return self._shrinking(
+            calls, lambda chunk: self._engine.generate([ids for ids, _ in chunk], [p for _, p in chunk])
+        )
+
     def _response(
         self,
         index: int,
@@ -157,19 +194,18 @@ class EngineRunner:
         encoded: dict[int, list[EncodedPrompt]],
         answers: dict[tuple[int, int, int], Answer],
         errors: dict[int, str],
+        readings: dict[tuple[int, int, int], LongReading],
     ) -> RecordResponse:
         style, model = self.prompts.style, self._model_name
-        prompts = encoded.get(index, [])
-        tokens = sum(prompt.tokens for prompt in prompts)
-        truncated = any(prompt.truncated for prompt in prompts)
+        tokens, truncated, chunks = _reading_cost(index, encoded.get(index, []), readings)
         if index in errors:
-            return RecordResponse((), tokens, truncated, style, model, errors[index])
+            return RecordResponse((), tokens, truncated, style, model, errors[index], chunks)
         own = tuple(
             answers[(index, t, q)]
             for t, template in enumerate(request.templates)
             for q in range(len(template.questions))
         )
-        return RecordResponse(own, tokens, truncated, style, model)
+        return RecordResponse(own, tokens, truncated, style, model, chunks=chunks)
 
     def _score(self, prompts: list[list[int]], candidates: list[str], head: tuple[int, ...] | None) -> list[Any]:
         """Score with the template's head as the shared prefix: computed once, and each prompt's scores then
@@ -209,53 +245,19 @@ class EngineRunner:
             start += size
         return out
 
-    def _prior(
-        self,
-        template: PromptTemplate,
-        question: int,
-        priors: dict[_PriorKey, tuple[float, ...] | CalibrationFailed],
-    ) -> tuple[float, ...] | None:
-        """Mean word scores of a question over its content-free calibration texts, scored once per key.
 
-        A failure is remembered for this call only (``priors``): the requests of this batch that need the
-        prior fail with it (CalibrationFailed), and the next batch tries again."""
-        if not template.questions[question].calibration:
-            return None
-        key = (template, question, self.prompts.style)
-        if key in self._priors:
-            return self._priors[key]
-        if key not in priors:
-            try:
-                priors[key] = self._score_prior(template, question)
-            except CalibrationFailed as err:
-                priors[key] = err
-        found = priors[key]
-        if isinstance(found, CalibrationFailed):
-            raise found
-        self._priors[key] = found
-        return found
-
-    def _score_prior(self, template: PromptTemplate, question: int) -> tuple[float, ...]:
-        """Score the calibration texts; CalibrationFailed says why not (a broken device still raises)."""
-        hint = "rerun, or pass --no_calibration (calibrate: false in a task file) to use raw label scores"
-        what = "scoring the label prior (content-free calibration prompt) failed"
-        candidates = self.prompts.candidates(template, question)
-        prompts = []
-        for document in template.questions[question].calibration:
-            fields = dict.fromkeys(_slot_names(template, self.prompts.style), document)
-            prompts.append(self.prompts.encode(fields, template, reserve=False).full(question))
-        try:
-            rows = self._score(prompts, list(candidates), self.prompts.head(template))
-        except DeviceFailure:
-            raise
-        except Exception as err:
-            raise CalibrationFailed(f"{what}: {type(err).__name__}: {err}; {hint}") from err
-        refused = [row.error for row in rows if row.error]
-        if refused:
-            raise CalibrationFailed(f"{what}: {refused[0]}; {hint}")
-        return tuple(sum(row.logprobs[j] for row in rows) / len(rows) for j in range(len(candidates)))
-
-
-def _slot_names(template: PromptTemplate, style: str) -> set[str]:
-    rendering = template.rendering(style)
-    return {p.name for pieces in (rendering.trunk, *rendering.tails) for p in pieces if not isinstance(p, str)}
+def _reading_cost(
+    index: int, prompts: list[EncodedPrompt], readings: dict[tuple[int, int, int], LongReading]
+) -> tuple[int, bool, int]:
+    """(prompt tokens read, whether any text was cut, chunks) for one request: each trunk once and every tail
+    of the questions asked in one prompt, plus what reading its long texts in chunks took."""
+    own = {(t, q): reading for (i, t, q), reading in readings.items() if i == index}
+    tokens, truncated = 0, False
+    for t, prompt in enumerate(prompts):
+        asked = [q for q in range(len(prompt.tails)) if (t, q) not in own]
+        if asked:
+            tokens += len(prompt.trunk) + sum(len(prompt.tails[q]) for q in asked)
+            truncated |= prompt.truncated
+    tokens += sum(reading.prompt_tokens for reading in own.values())
+    truncated |= any(reading.truncated for reading in own.values())
+    return tokens, truncated, max((reading.chunks for reading in own.values()), default=1)

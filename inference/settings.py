@@ -11,8 +11,10 @@ from common.settings import problems, raise_problems, setting
 
 PROMPT_STYLES = ("auto", "completion", "chat")
 OVERFLOW_POLICIES = ("truncate", "error")
+LONG_DOCUMENT_POLICIES = ("truncate", "chunk")
 PromptStyle = Literal["auto", "completion", "chat"]
 Overflow = Literal["truncate", "error"]
+LongDocuments = Literal["truncate", "chunk"]
 
 GCS_FOLDER = r"gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+"
 # Settings that change how fast a result comes, never what it is: left out of the model fingerprint.
@@ -46,6 +48,13 @@ class ModelSettings:
         choices=OVERFLOW_POLICIES,
         help="A record over --max_record_bytes or a prompt over --max_prompt_tokens: truncate the "
         "record's text (truncated=true) or dead-letter it.",
+    )
+    long_documents: LongDocuments = setting(
+        "truncate",
+        choices=LONG_DOCUMENT_POLICIES,
+        help="summarize (and any generation task): a document longer than the context is cut (truncate, "
+        "truncated=true) or read whole (chunk: split at paragraph/sentence bounds, each chunk summarized, "
+        "then the summaries; the chunks column says how many were read).",
     )
     device: str | None = setting(
         None,

@@ -17,13 +17,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from common.text import WHITESPACE
 from gemma_ops.sampling import SamplingParams
 from inference.requests import TEXT_FIELD, Answer, Piece, Question, Rendering
 from transforms.examples import Example, load_examples
 from transforms.prompting import CHAT, DATA_NOTE, DELIMITER, merge, record_block, render_template, template_fields
 from transforms.task import Task
 from transforms.taskfile import TaskFileError, where
-from transforms.text import WHITESPACE, strip_control_token_text
+from transforms.text import strip_control_token_text
 
 HORIZONTAL_SPACE = re.compile(r"[^\S\n]+")
 EXTRA_NEWLINES = re.compile(r"\n{3,}")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import string
 
+from common.text import prompt_safe
 from inference.requests import Piece, Slot
 from transforms.taskfile import TaskFileError
-from transforms.text import prompt_safe
 
 DELIMITER = '"""'
 # Instruction-tuned models get this in the user turn, before the record.

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from common.fingerprint import digest, result_key
 from common.records import Record
-from common.text import extra_json
+from common.text import extra_json, prompt_safe
 from inference.requests import (
     TEXT_FIELD,
     Answer,
@@ -29,7 +29,6 @@ from inference.requests import (
     Slot,
 )
 from transforms.prompting import CHAT, DATA_NOTE, DELIMITER
-from transforms.text import prompt_safe
 
 STYLES = ("completion", CHAT)
 LINEAGE_FIELDS = [
@@ -37,6 +36,7 @@ LINEAGE_FIELDS = [
     pa.field("model", pa.string(), nullable=False),
     pa.field("prompt_tokens", pa.int64(), nullable=False),
     pa.field("output_tokens", pa.int64(), nullable=False),
+    pa.field("chunks", pa.int64(), nullable=False),  # pieces the document was read in (--long_documents chunk)
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("result_key", pa.string(), nullable=False),  # common.fingerprint: what --skip_done matches on
     pa.field("extra", pa.string(), nullable=False),
@@ -149,8 +149,8 @@ class TaskSet:
         """The request for one record; ValueError (a dead letter) when it lacks a field a prompt names."""
         values = {}
         for name in self._slots:
-            if name == TEXT_FIELD:
-                values[name] = prompt_safe(record.text)
+            if name == TEXT_FIELD:  # paragraph bounds kept (read as spaces) for --long_documents chunk
+                values[name] = prompt_safe(record.text, keep_paragraphs=True)
             elif name == "id":
                 values[name] = prompt_safe(record.id)
             elif name in record.extra and record.extra[name] is not None:
@@ -201,6 +201,7 @@ class TaskSet:
             model=response.model,
             prompt_tokens=response.prompt_tokens,
             output_tokens=response.output_tokens,
+            chunks=response.chunks,
             run_id=run_id,
             result_key=result_key(record.id, record.text, fingerprint),
             extra=extra_json(record.extra),

@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from common.fingerprint import result_key
 from common.records import DeadLetter, Record
-from common.text import strip_control_chars
+from common.text import prompt_safe, strip_control_chars
 from inference.handler import GemmaModelHandler
 from inference.requests import Answer, RecordResponse, Slot
 from inference.settings import ModelSettings
@@ -21,7 +21,6 @@ from transforms.classify import label_probabilities, parse_labels
 from transforms.infer import InferTask
 from transforms.registry import shortcut
 from transforms.task import TaskSet
-from transforms.text import prompt_safe
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 RUN_ID = "run-test"
@@ -53,6 +52,7 @@ def scoring_row(record_id, labels, scores, extra, prompt_tokens, text):
         "model": "fake-gemma",
         "prompt_tokens": prompt_tokens,
         "output_tokens": 0,
+        "chunks": 1,
         "run_id": RUN_ID,
         "result_key": result_key(record_id, text, FINGERPRINT),
         "extra": json.dumps(extra, sort_keys=True),
@@ -140,6 +140,7 @@ def test_summarize_rows_are_cleaned_of_echoes_and_control_tokens():
             "model": "fake-gemma",
             "prompt_tokens": _prompt_tokens(task, text),
             "output_tokens": output_tokens,
+            "chunks": 1,
             "run_id": RUN_ID,
             "result_key": result_key(record_id, text, FINGERPRINT),
             "extra": "{}",
