@@ -30,6 +30,7 @@ from gemma_ops.weights import load_model
 
 Prompt = str | Sequence[int]
 _GREEDY = SamplingParams()
+CACHE_MEMORY_SHARE = 0.9  # of the memory free at load, the most the KV cache takes (split between copies)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,11 @@ class GemmaEngine:
         tokenizer: GemmaTokenizer,
         config: EngineConfig,
         model_name: str,
+        cache_shared_by: int = 1,
     ) -> None:
+        """``cache_shared_by``: model copies sharing this device; each cache may take 1/n of the share."""
+        if cache_shared_by < 1:
+            raise ValueError(f"cache_shared_by must be >= 1, got {cache_shared_by}")
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -144,7 +149,11 @@ class GemmaEngine:
         model.init_rope(self.max_context)
         self._stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
         self._cache: KVCache | None = None
-        self._cache_at_memory_limit = False
+        # Measured now, at load: copies that share a device load one at a time (the Beam handler holds a
+        # machine-wide lock), so each budget sees the memory the copies before it took, and their caches,
+        # sized later on each copy's first call, never overlap however those calls interleave.
+        self._cache_budget = int(_free_memory_bytes(self.device) * CACHE_MEMORY_SHARE / cache_shared_by)
+        self._cache_at_memory_limit = False  # fewer slots than last wanted; re-checked when more are wanted
         self._prefixes: list[PrefixKV] = []  # most recent first
 
     @classmethod
@@ -157,13 +166,15 @@ class GemmaEngine:
         max_slots: int = 64,
         max_batch_tokens: int = 4096,
         max_context: int = 4096,
+        cache_shared_by: int = 1,
     ) -> GemmaEngine:
         """Load a local HF-format Gemma checkpoint folder (see checkpoints.resolve_model for other sources)."""
         path = Path(path)
         device = resolve_device(device)
         model = load_model(path, device, resolve_dtype(dtype, device))
         config = EngineConfig(max_slots=max_slots, max_batch_tokens=max_batch_tokens, max_context=max_context)
-        return cls(model, GemmaTokenizer.from_pretrained(path), config, model_name=path.name)
+        tokenizer = GemmaTokenizer.from_pretrained(path)
+        return cls(model, tokenizer, config, model_name=path.name, cache_shared_by=cache_shared_by)
 
     # ----------------------------------------------------------------------------------------- helpers
     def _prompt_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:
@@ -192,26 +203,28 @@ class GemmaEngine:
         return None
 
     def _cache_for(self, slots: int) -> KVCache:
-        """A cache with at least ``slots`` slots, or as many as fit in the free memory (at least one)."""
-        if self._cache is not None and (self._cache.max_slots >= slots or self._cache_at_memory_limit):
+        """A cache with at least ``slots`` slots, or as many as fit (at least one): within the budget fixed at
+        load and 90% of the memory free now. A cache capped by memory is kept while no more fits, and grows
+        once memory has been freed (checked only when a call wants more slots than it has)."""
+        if self._cache is not None and self._cache.max_slots >= slots:
             return self._cache
-        old_bytes = 0
-        if self._cache is not None:  # its memory counts as free for the new one
-            old_bytes = KVCache.bytes_needed(
-                self.model.config, self._cache.max_slots, self.max_context, self.dtype.itemsize
-            )
-            self._cache = None
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-                old_bytes = 0  # returned to the device, so mem_get_info sees it
         per_slot = KVCache.bytes_needed(self.model.config, 1, self.max_context, self.dtype.itemsize)
-        fitting = int((_free_memory_bytes(self.device) + old_bytes) * 0.9) // per_slot
+        held = self._cache.max_slots * per_slot if self._cache is not None else 0  # counts as free for a new one
+        available = min(self._cache_budget, int((_free_memory_bytes(self.device) + held) * 0.9))
+        fitting = available // per_slot
+        if self._cache is not None and fitting <= self._cache.max_slots:
+            self._cache_at_memory_limit = True
+            return self._cache
         if fitting < 1:
             raise MemoryError(
-                f"one KV-cache slot of {self.max_context} tokens needs {per_slot / 2**20:.0f} MiB, more than is "
-                f"free on {self.device}; lower max_context"
+                f"one KV-cache slot of {self.max_context} tokens needs {per_slot / 2**20:.0f} MiB, more than this "
+                f"copy's share of the memory free on {self.device}; lower max_context (or the model copies)"
             )
-        self._cache_at_memory_limit = fitting < slots  # a later, larger call cannot get more: keep this one
+        if self._cache is not None:
+            self._cache = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # hand the old cache back before the larger one is allocated
+        self._cache_at_memory_limit = fitting < slots
         self._cache = KVCache(self.model.config, min(slots, fitting), self.max_context, self.device, self.dtype)
         return self._cache
 

@@ -102,15 +102,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, RecordRequest], tuple[Any, Recor
         start = time.perf_counter()
         model = self._settings.model
         path = self._model_resolver(model)
-        engine_kwargs = self._settings.engine_kwargs()
-        if "device" in engine_kwargs or _gpu_count() < 2:
-            engine = self._engine_factory(path, **engine_kwargs)
-        else:
-            # Several GPUs: each model copy goes to the GPU with the most free memory. Copies load one at a
-            # time (a machine-wide lock) so that each one sees the memory the previous one took.
-            with fasteners.InterProcessLock(os.path.join(tempfile.gettempdir(), GPU_PICK_LOCK)):
-                device = f"cuda:{pick_gpu(_free_gpu_memory())}"
-                engine = self._engine_factory(path, **{**engine_kwargs, "device": device})
+        engine = self._load_engine(path, self._settings.engine_kwargs())
         seconds = time.perf_counter() - start
         _LOG.info("loaded %s from %s in %.1f s (pid %d)", model, path, seconds, os.getpid())
         return EngineRunner(
@@ -120,6 +112,22 @@ class GemmaModelHandler(ModelHandler[tuple[Any, RecordRequest], tuple[Any, Recor
             # a gs:// model is loaded from a cache folder named by a digest: the rows name the source instead
             model_name=model.rstrip("/") if model.startswith("gs://") else None,
         )
+
+    def _load_engine(self, path: Path, engine_kwargs: dict[str, Any]) -> Any:
+        """The engine, on the GPU chosen for it. Copies that go on GPUs load one at a time (a machine-wide
+        lock): a copy picks the GPU with the most free memory, and measures its KV-cache budget, after the
+        previous copy's weights are in. Each copy's budget is its share of its GPU (``cache_shared_by``:
+        the copies per GPU), so copies whose first calls coincide never size against the same memory."""
+        gpus = _gpu_count()
+        device = engine_kwargs.get("device")
+        if gpus == 0 or (device is not None and not device.startswith("cuda")):
+            return self._engine_factory(path, **engine_kwargs)
+        copies = self._settings.model_copies or 1  # 0 (one per SDK process): their number is unknown here
+        kwargs = {**engine_kwargs, "cache_shared_by": -(-copies // gpus)}
+        with fasteners.InterProcessLock(os.path.join(tempfile.gettempdir(), GPU_PICK_LOCK)):
+            if device is None and gpus >= 2:
+                kwargs["device"] = f"cuda:{pick_gpu(_free_gpu_memory())}"
+            return self._engine_factory(path, **kwargs)
 
     def run_inference(
         self,

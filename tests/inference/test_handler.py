@@ -142,6 +142,43 @@ def test_model_copies_spread_over_gpus_by_free_memory(monkeypatch, tmp_path):
     assert devices[-1] == "cpu"  # an explicit --device wins
 
 
+class RecordingLock:
+    """Stands in for the machine-wide GPU lock: says whether it is held."""
+
+    held = False
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __enter__(self):
+        RecordingLock.held = True
+
+    def __exit__(self, *exc) -> None:
+        RecordingLock.held = False
+
+
+def test_copies_on_one_gpu_load_and_size_their_cache_budget_one_at_a_time(monkeypatch, tmp_path):
+    """One GPU, two copies: each loads under the lock (its cache budget is measured there) and may take
+    half of the 90% share, so their first calls cannot both size against the same free memory."""
+    loads = []
+
+    def factory(path, **kwargs):
+        loads.append((RecordingLock.held, kwargs.get("device"), kwargs.get("cache_shared_by")))
+        return FakeEngine()
+
+    monkeypatch.setattr(handler_module, "_gpu_count", lambda: 1)
+    monkeypatch.setattr(handler_module.fasteners, "InterProcessLock", RecordingLock)
+    monkeypatch.setattr(handler_module.tempfile, "gettempdir", lambda: str(tmp_path))
+    for copies, gpus in ((2, 1), (3, 1), (4, 2), (1, 1)):
+        monkeypatch.setattr(handler_module, "_gpu_count", lambda gpus=gpus: gpus)
+        monkeypatch.setattr(handler_module, "_free_gpu_memory", lambda gpus=gpus: [100] * gpus)
+        settings = ModelSettings(model_copies=copies)
+        GemmaModelHandler(settings, engine_factory=factory, model_resolver=fake_resolver).load_model()
+    assert loads == [(True, None, 2), (True, None, 3), (True, "cuda:0", 2), (True, None, 1)]
+    GemmaModelHandler(ModelSettings(device="cpu"), engine_factory=factory, model_resolver=fake_resolver).load_model()
+    assert loads[-1] == (False, "cpu", None)  # on the CPU there is nothing to share
+
+
 def test_handler_batches_by_estimated_tokens():
     handler = GemmaModelHandler(
         ModelSettings(batch_max_tokens=100), engine_factory=fake_engine_factory, model_resolver=fake_resolver
