@@ -41,9 +41,12 @@ format: setup
 bench: setup
 	$(PY) -m benchmarks.engine_throughput
 
-.PHONY: bench-pipeline
+.PHONY: bench-pipeline bench-load
 bench-pipeline: setup
 	$(PY) -m benchmarks.pipeline_throughput --records 500
+
+bench-load: setup
+	$(PY) -m benchmarks.pipeline_load
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

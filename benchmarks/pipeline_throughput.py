@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gemma_ops.handler import build_engine, resolve_model_path
-from gemma_ops.runner import EngineRunner
+from common.records import Record
+from inference.handler import build_engine, resolve_model_path
+from inference.runner import EngineRunner
 from pipelines.options import JobConfig
 from pipelines.pipeline import build_pipeline
-from transforms.base import Record
-from transforms.sentiment import SentimentTask
+from transforms.registry import shortcut
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample.jsonl"
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -48,11 +48,12 @@ def engine_rate(records: list[dict], model: str, batch_max_tokens: int) -> tuple
     """(records/s, seconds) of engine.score over the pipeline's own prompts."""
     engine = build_engine(resolve_model_path(model), max_batch_tokens=batch_max_tokens)
     runner = EngineRunner(engine)
-    task = SentimentTask()
+    task = shortcut("sentiment")
+    template = task.templates[0]
     requests = [task.build_request(Record(r["id"], r["text"])) for r in records]
-    candidates = list(runner.candidates(requests[0]))
-    prompts = [runner.prompt_ids(r) for r in requests]
-    head = runner.shared_prefix(requests[0])  # the template's head, shared as in the pipeline
+    candidates = list(runner.prompts.candidates(template, 0))
+    prompts = [runner.prompts.encode(r.fields, template).full(0) for r in requests]
+    head = runner.prompts.head(template)  # the template's head, shared as in the pipeline
     engine.score(prompts[:8], candidates, restrict_vocab=True, shared_prefix=head)  # warm-up
     start = time.perf_counter()
     results = engine.score(prompts, candidates, restrict_vocab=True, shared_prefix=head)

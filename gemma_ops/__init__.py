@@ -1,6 +1,6 @@
 """Gemma in plain torch: a decoder, a continuous-batching engine for generation and label scoring.
 
-Usable without Beam; only ``gemma_ops.handler`` imports Beam.
+Usable without Beam: nothing here imports Beam or any prompt wording (the Beam side lives in ``inference``).
 """
 
 from gemma_ops.checkpoints import default_model_path, resolve_model

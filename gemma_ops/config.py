@@ -57,11 +57,6 @@ class GemmaConfig:
     def scaling(self) -> float:
         return self.query_pre_attn_scalar**-0.5
 
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """K and V for one token over all layers at 2 bytes a value (bf16), before sliding-window savings."""
-        return self.num_layers * 2 * self.num_kv_heads * self.head_dim * 2
-
     @classmethod
     def from_pretrained(cls, path: str | Path) -> GemmaConfig:
         config_file = Path(path) / "config.json"

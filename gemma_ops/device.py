@@ -1,9 +1,8 @@
 """Device and memory policy: which device and dtype to run on, how much memory is free, how big the KV cache is.
 
-The KV cache is the engine's one large allocation. It is sized to the requests of a call, capped by what fits in
-90% of the free memory (host MemAvailable, a container's cgroup v2 limit, or the GPU's free memory), and kept across
-calls; a cache capped by memory is kept even when a later call asks for more, since re-measuring would not give it
-more room and re-allocating every call would cost time.
+The KV cache is the engine's one large allocation. It is sized to the requests of a call, capped by the budget
+fixed at load (this copy's share of 90% of the free memory: host MemAvailable, a container's cgroup v2 limit, or the
+GPU's free memory) and by 90% of what is free when it grows, and kept across calls.
 """
 
 from __future__ import annotations
@@ -76,43 +75,53 @@ def _cgroup_available_bytes() -> int | None:
         return None
 
 
-def slots_that_fit(free_bytes: int, per_slot_bytes: int) -> int:
-    """How many KV-cache slots fit in the usable share of ``free_bytes``."""
-    return int(free_bytes * MEMORY_HEADROOM) // per_slot_bytes
-
-
 class KVCacheAllocator:
-    """Holds the engine's KV cache between calls and sizes it: as many slots as asked, or as fit in memory."""
+    """Holds the engine's KV cache between calls and sizes it: as many slots as asked, or as fit.
 
-    def __init__(self, config: GemmaConfig, max_context: int, device: torch.device, dtype: torch.dtype) -> None:
+    The budget is fixed when the engine loads: model copies that share a device load one at a time (the Beam
+    handler holds a machine-wide lock), so each budget sees the memory the copies before it took and their
+    caches, sized later on each copy's first call, never overlap however those calls interleave. A cache capped
+    by memory is kept while no more fits, and grows once memory has been freed (checked only when a call wants
+    more slots than it has).
+    """
+
+    def __init__(
+        self, config: GemmaConfig, max_context: int, device: torch.device, dtype: torch.dtype, shared_by: int = 1
+    ) -> None:
+        """``shared_by``: model copies sharing this device; each cache may take 1/n of the usable memory."""
+        if shared_by < 1:
+            raise ValueError(f"cache_shared_by must be >= 1, got {shared_by}")
         self.config = config
         self.max_context = max_context
         self.device = device
         self.dtype = dtype
+        self.budget = int(free_memory_bytes(device) * MEMORY_HEADROOM / shared_by)
         self.cache: KVCache | None = None
-        self.at_memory_limit = False  # the cache is as large as memory allows: a larger request cannot grow it
+        self.at_memory_limit = False  # fewer slots than last wanted; re-checked when more are wanted
 
     def _bytes(self, slots: int) -> int:
         return KVCache.bytes_needed(self.config, slots, self.max_context, self.dtype.itemsize)
 
     def get(self, slots: int) -> KVCache:
-        """A cache with at least ``slots`` slots, or as many as fit in the free memory (at least one)."""
-        if self.cache is not None and (self.cache.max_slots >= slots or self.at_memory_limit):
+        """A cache with at least ``slots`` slots, or as many as fit (at least one): within the budget fixed at
+        load and the usable share of the memory free now."""
+        if self.cache is not None and self.cache.max_slots >= slots:
             return self.cache
-        old_bytes = 0
-        if self.cache is not None:  # its memory counts as free for the new one
-            old_bytes = self._bytes(self.cache.max_slots)
-            self.cache = None
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-                old_bytes = 0  # returned to the device, so mem_get_info sees it
         per_slot = self._bytes(1)
-        fitting = slots_that_fit(free_memory_bytes(self.device) + old_bytes, per_slot)
+        held = self._bytes(self.cache.max_slots) if self.cache is not None else 0  # free for a new cache
+        fitting = min(self.budget, int((free_memory_bytes(self.device) + held) * MEMORY_HEADROOM)) // per_slot
+        if self.cache is not None and fitting <= self.cache.max_slots:
+            self.at_memory_limit = True
+            return self.cache
         if fitting < 1:
             raise MemoryError(
-                f"one KV-cache slot of {self.max_context} tokens needs {per_slot / 2**20:.0f} MiB, more than is "
-                f"free on {self.device}; lower max_context"
+                f"one KV-cache slot of {self.max_context} tokens needs {per_slot / 2**20:.0f} MiB, more than this "
+                f"copy's share of the memory free on {self.device}; lower max_context (or the model copies)"
             )
-        self.at_memory_limit = fitting < slots  # a later, larger call cannot get more: keep this one
+        if self.cache is not None:
+            self.cache = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # hand the old cache back before the larger one is allocated
+        self.at_memory_limit = fitting < slots
         self.cache = KVCache(self.config, min(slots, fitting), self.max_context, self.device, self.dtype)
         return self.cache

@@ -54,7 +54,9 @@ class GemmaEngine:
         tokenizer: GemmaTokenizer,
         config: EngineConfig,
         model_name: str,
+        cache_shared_by: int = 1,
     ) -> None:
+        """``cache_shared_by``: model copies sharing this device; each KV cache may take 1/n of the memory."""
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -65,7 +67,7 @@ class GemmaEngine:
         model.init_rope(self.max_context)
         stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
         self._finish = FinishChecker(stop_ids, self.max_context, tokenizer.decode)
-        self._caches = KVCacheAllocator(model.config, self.max_context, self.device, self.dtype)
+        self._caches = KVCacheAllocator(model.config, self.max_context, self.device, self.dtype, cache_shared_by)
         self._scorer = Scorer(model, config.max_batch_tokens, config.max_cached_prefixes)
 
     @classmethod
@@ -78,13 +80,15 @@ class GemmaEngine:
         max_slots: int = 64,
         max_batch_tokens: int = 4096,
         max_context: int = 4096,
+        cache_shared_by: int = 1,
     ) -> GemmaEngine:
         """Load a local HF-format Gemma checkpoint folder (see checkpoints.resolve_model for other sources)."""
         path = Path(path)
         device = resolve_device(device)
         model = load_model(path, device, resolve_dtype(dtype, device))
         config = EngineConfig(max_slots=max_slots, max_batch_tokens=max_batch_tokens, max_context=max_context)
-        return cls(model, GemmaTokenizer.from_pretrained(path), config, model_name=path.name)
+        tokenizer = GemmaTokenizer.from_pretrained(path)
+        return cls(model, tokenizer, config, model_name=path.name, cache_shared_by=cache_shared_by)
 
     # ----------------------------------------------------------------------------------------- helpers
     def _prompt_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:

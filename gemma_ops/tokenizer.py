@@ -10,8 +10,9 @@ from pathlib import Path
 
 START_OF_TURN = "<start_of_turn>"
 END_OF_TURN = "<end_of_turn>"
-# Tokens that change what the model is doing when they appear in untrusted text.
-SPECIAL_TOKENS = frozenset(
+# Tokens that change what the model is doing when they appear in untrusted text: the one list; untrusted
+# text has them spelled out (encode(allow_special=False)) and output cleaning strips their text form.
+CONTROL_TOKENS = frozenset(
     {"<bos>", "<eos>", "<pad>", "<unk>", "<mask>", START_OF_TURN, END_OF_TURN, "<start_of_image>", "<end_of_image>"}
 )
 
@@ -94,7 +95,7 @@ class GemmaTokenizer:
         plain: list[int] = []
         for token_id in ids:
             piece = self._piece(token_id)
-            if piece not in SPECIAL_TOKENS:
+            if piece not in CONTROL_TOKENS:
                 plain.append(token_id)
                 continue
             for char in piece:

@@ -16,24 +16,34 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.base import ERRORS_TAG, METRICS_NAMESPACE, DeadLetter, Record, preview, strip_control_chars
+from common import metrics
+from common.records import ERRORS_TAG, DeadLetter, Record
+from common.settings import default_of
+from common.text import preview, strip_control_chars
+from inference.settings import OVERFLOW_POLICIES, ModelSettings
+from pipelines.options import JobConfig, RunSettings
 
 PARQUET_BATCH_ROWS = 1024
 
 
 @dataclass(frozen=True)
 class RecordSpec:
-    """How to turn an input object into a Record."""
+    """How to turn an input object into a Record; the defaults are the job's declared ones."""
 
-    text_field: str = "text"
-    id_field: str = "id"
-    max_record_bytes: int = 1_000_000
+    text_field: str = default_of(RunSettings, "text_field")
+    id_field: str = default_of(RunSettings, "id_field")
+    max_record_bytes: int = default_of(RunSettings, "max_record_bytes")
     # A record over max_record_bytes: "error" dead-letters it, "truncate" cuts its text to fit and marks the
     # row ``truncated`` (the --on_overflow policy, which also governs prompts over --max_prompt_tokens).
-    on_overflow: str = "error"
+    on_overflow: str = default_of(ModelSettings, "on_overflow")
+
+    @classmethod
+    def of(cls, config: JobConfig) -> RecordSpec:
+        """The record spec of a job's config."""
+        return cls(config.text_field, config.id_field, config.max_record_bytes, config.on_overflow)
 
     def __post_init__(self) -> None:
-        if self.on_overflow not in ("truncate", "error"):
+        if self.on_overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"on_overflow must be 'truncate' or 'error', got {self.on_overflow!r}")
         if self.max_record_bytes < 1:
             raise ValueError(f"max_record_bytes must be >= 1, got {self.max_record_bytes}")
@@ -132,7 +142,7 @@ def parse_line(raw: bytes, spec: RecordSpec) -> Record | DeadLetter | None:
 class _ParseLines(beam.DoFn):
     def __init__(self, spec: RecordSpec) -> None:
         self._spec = spec
-        self._lines = Metrics.counter(METRICS_NAMESPACE, "input_lines")
+        self._lines = Metrics.counter(metrics.PIPELINE_NAMESPACE, metrics.INPUT_LINES)
 
     def process(self, raw: bytes):
         parsed = parse_line(raw, self._spec)
@@ -150,7 +160,7 @@ class _ReadParquetFile(beam.DoFn):
 
     def __init__(self, spec: RecordSpec) -> None:
         self._spec = spec
-        self._lines = Metrics.counter(METRICS_NAMESPACE, "input_lines")
+        self._lines = Metrics.counter(metrics.PIPELINE_NAMESPACE, metrics.INPUT_LINES)
 
     def process(self, readable: fileio.ReadableFile):
         import pyarrow.parquet as pq
@@ -294,10 +304,10 @@ class WriteErrors(beam.PTransform):
         )
 
 
-_ERRORS = Metrics.counter(METRICS_NAMESPACE, "errors")
+_ERRORS = Metrics.counter(metrics.PIPELINE_NAMESPACE, metrics.ERRORS)
 
 
 def _count_error(letter: DeadLetter) -> DeadLetter:
-    Metrics.counter(METRICS_NAMESPACE, f"errors_{letter.stage}").inc()
+    Metrics.counter(metrics.PIPELINE_NAMESPACE, metrics.errors_counter(letter.stage)).inc()
     _ERRORS.inc()
     return letter

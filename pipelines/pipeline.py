@@ -7,41 +7,24 @@ from dataclasses import dataclass
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler
 
-from gemma_ops.handler import GemmaModelHandler
-from pipelines.accounting import CheckAccounting
+from common.fingerprint import job_fingerprint
+from inference.handler import GemmaModelHandler
+from inference.settings import ModelSettings
+from pipelines.accounting import AfterCheck, CheckAccounting
 from pipelines.bigquery import LoadPartition, ValidateForBigQuery, WriteErrorsToBigQuery
 from pipelines.io import ReadRecords, RecordSpec, WriteErrors, WriteResults, output_prefix
 from pipelines.options import JobConfig
 from pipelines.progress import ReportProgress
 from pipelines.publish import Publish, staging_dir
-from transforms.base import InferTask, Task
-from transforms.classify import ClassifyTask
-from transforms.sentiment import SentimentTask
-from transforms.summarize import SummarizeTask
-
-
-def make_task(config: JobConfig) -> Task:
-    if config.task == "sentiment":
-        return SentimentTask(calibrate=config.calibrate)
-    if config.task == "classify":
-        return ClassifyTask(config.labels, calibrate=config.calibrate)
-    if config.task == "summarize":
-        return SummarizeTask(max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed)
-    raise ValueError(f"unknown task {config.task!r} (expected sentiment, classify or summarize)")
+from pipelines.skip_done import SkipDone
+from transforms.infer import InferTask
+from transforms.registry import make_task_set
+from transforms.task import TaskSet
 
 
 def make_handler(config: JobConfig) -> GemmaModelHandler:
-    return GemmaModelHandler(
-        model=config.model,
-        device=config.device,
-        dtype=config.dtype,
-        engine_max_batch_tokens=config.engine_max_batch_tokens,
-        prompt_style=config.prompt_style,  # type: ignore[arg-type]
-        max_prompt_tokens=config.max_prompt_tokens,
-        overflow=config.on_overflow,  # type: ignore[arg-type]
-        batch_max_tokens=config.batch_max_tokens,
-        model_copies=config.model_copies or None,
-    )
+    """The Gemma handler for a job: its model settings, as declared."""
+    return GemmaModelHandler(ModelSettings.of(config))
 
 
 @dataclass(frozen=True)
@@ -55,16 +38,44 @@ class JobOutputs:
     errors_prefix: str
 
 
-def build_pipeline(
-    pipeline: beam.Pipeline, config: JobConfig, handler: ModelHandler | None = None, progress: bool = True
-) -> JobOutputs:
-    """Add the whole job to ``pipeline``; ``handler`` replaces the Gemma handler (tests use a fake one)."""
-    task = make_task(config)
-    spec = RecordSpec(config.text_field, config.id_field, config.max_record_bytes, config.on_overflow)
-    records, read_errors = pipeline | "Read" >> ReadRecords(config.input, spec, config.input_format)
-    rows, task_errors = records | "Infer" >> InferTask(task, handler or make_handler(config), config.run_id)
+def job_fingerprint_of(config: JobConfig, task: TaskSet) -> str:
+    """The task's and the model's fingerprints, which every row's result_key hashes in."""
+    return job_fingerprint(task.fingerprint(), ModelSettings.of(config).fingerprint())
+
+
+def _infer(records: beam.PCollection, config: JobConfig, task: TaskSet, handler: ModelHandler, progress: bool):
+    """Records -> (rows, task dead letters, skipped): with --skip_done, records already done are not run;
+    ``skipped`` holds their ids when their earlier rows are not carried (else it is empty)."""
+    fingerprint = job_fingerprint_of(config, task)
+    carried = skipped = None
+    if config.skip_done:
+        records, skipped = records | "SkipDone" >> SkipDone(
+            config.skip_done, fingerprint, task.schema(), config.skipped_rows
+        )
+        if config.skipped_rows == "carry":
+            carried, skipped = skipped, None
+    rows, task_errors = records | "Infer" >> InferTask(task, handler, config.run_id, fingerprint)
     if progress:
         rows = rows | "Progress" >> beam.ParDo(ReportProgress())
+    if carried is not None:
+        rows = (rows, carried) | "WithCarriedRows" >> beam.Flatten()
+    if skipped is None:
+        skipped = records.pipeline | "NothingDropped" >> beam.Create([])
+    return rows, task_errors, skipped
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    config: JobConfig,
+    handler: ModelHandler | None = None,
+    progress: bool = True,
+    tasks: TaskSet | None = None,
+) -> JobOutputs:
+    """Add the whole job to ``pipeline``; ``handler`` replaces the Gemma handler (tests use a fake one),
+    ``tasks`` the config's tasks when the caller has built them already."""
+    task = tasks or make_task_set(config)
+    records, read_errors = pipeline | "Read" >> ReadRecords(config.input, RecordSpec.of(config), config.input_format)
+    rows, task_errors, skipped = _infer(records, config, task, handler or make_handler(config), progress)
     errors = (read_errors, task_errors) | "AllErrors" >> beam.Flatten()
     # Sinks write to a run-scoped folder; Publish swaps it in only after the writes and the accounting check.
     staging = staging_dir(config.output, config.run_id)
@@ -78,13 +89,16 @@ def build_pipeline(
             errors | "WriteErrors" >> WriteErrors(staging, config.num_shards),
         )
     inputs = (records, read_errors) | "AllInputs" >> beam.Flatten()
-    checked = (inputs, rows, errors) | "Accounting" >> CheckAccounting(config.max_error_rate, staging, after=written)
+    accounting = CheckAccounting(config.max_error_rate, staging, after=written)
+    checked = (inputs, rows, errors, skipped) | "Accounting" >> accounting
     if config.output_format == "bigquery":
-        # Loaded only once the accounting check passed: a run over --max_error_rate replaces no partition.
-        checked_rows = rows | "AfterAccounting" >> beam.Map(lambda row, _ok: row, _ok=beam.pvalue.AsSingleton(checked))
+        # Both partitions are replaced only once the accounting check passed: a run over --max_error_rate
+        # leaves the date's results and its dead letters as the previous run left them, together.
+        checked_rows = rows | "RowsAfterAccounting" >> AfterCheck(checked)
+        checked_errors = errors | "ErrorsAfterAccounting" >> AfterCheck(checked)
         _ = checked_rows | "LoadResults" >> LoadPartition(config.output_table, task.schema(), config.run_date)
-        _ = errors | "LoadErrors" >> WriteErrorsToBigQuery(config.output_table, config.run_id, config.run_date)
-    _ = (checked,) | "Publish" >> Publish(config.output, staging)
+        _ = checked_errors | "LoadErrors" >> WriteErrorsToBigQuery(config.output_table, config.run_id, config.run_date)
+    _ = (checked,) | "Publish" >> Publish(config.output, staging, config.run_id)
     return JobOutputs(
         records=records,
         rows=rows,

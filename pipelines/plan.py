@@ -18,13 +18,14 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from gemma_ops.runner import EngineRunner
+from common.records import Record
+from inference.prompts import PromptEncoder
 from pipelines.io import RecordSpec, detect_format, to_record
-from transforms.base import Record
+from pipelines.options import JobConfig, add_cli_arguments
+from transforms.task import TaskSet
 
 # Measured: `make bench-pipeline` (500 sentiment records, embedded Gemma 3 270M, bfloat16, a quiet 2-core CPU,
 # the template head shared): the pipeline ran 19.15 records/s x 240 planned tokens/record = about 4600 tokens/s.
@@ -106,19 +107,14 @@ def read_sample(pattern: str, spec: RecordSpec, size: int, input_format: str = "
     return InputSample(tuple(records), sampled_bytes, total_bytes, None)
 
 
-@dataclass(frozen=True)
-class TokenizerOnlyEngine:
-    """What EngineRunner needs to render prompts exactly as a run would, without loading any weights."""
-
-    tokenizer: Any
-    max_context: int
-    model_name: str = "plan"
-
-
-def record_tokens(runner: EngineRunner, task, record: Record) -> int:
+def record_tokens(prompts: PromptEncoder, task: TaskSet, record: Record) -> int | None:
     """Tokens one record costs: the prompt the run would send, plus the scored candidates or the generation
-    budget (rendered by the runner itself, so prompt style, label words and truncation match the run)."""
-    return runner.request_tokens(task.build_request(record))
+    budget (rendered by the run's own encoder, so prompt style, label words and truncation match the run);
+    None for a record the run would dead-letter (too long under --on_overflow error)."""
+    try:
+        return prompts.request_tokens(task.build_request(record))
+    except ValueError:
+        return None
 
 
 def make_plan(sample: InputSample, token_counts: list[int], tokens_per_s: float) -> Plan:
@@ -137,14 +133,7 @@ def make_plan(sample: InputSample, token_counts: list[int], tokens_per_s: float)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.plan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", required=True, help="The job's --input: a file, glob or gs:// pattern.")
-    parser.add_argument("--model", default="embedded", help="Whose tokenizer counts: embedded, a folder or gs://.")
-    parser.add_argument("--task", default="sentiment", choices=("sentiment", "classify", "summarize"))
-    parser.add_argument("--labels", default="", help="classify: comma-separated labels.")
-    parser.add_argument("--text_field", default="text")
-    parser.add_argument("--id_field", default="id")
-    parser.add_argument("--input_format", default="auto", choices=("auto", "jsonl", "parquet"))
-    parser.add_argument("--max_new_tokens", type=int, default=64, help="summarize: generation budget per record.")
+    add_cli_arguments(parser)  # the job's own flags: plan reads the command line the run would get
     parser.add_argument("--sample", type=int, default=200, help="Records to read and tokenize.")
     parser.add_argument(
         "--tokens_per_s",
@@ -154,22 +143,27 @@ def main(argv: list[str] | None = None) -> int:
         "CPU; measure your GPU with `make bench`).",
     )
     args = parser.parse_args(argv)
+    args.output = args.output or "-"  # plan writes nothing
+    config = JobConfig.from_flags(args)
 
     from gemma_ops.checkpoints import resolve_model
     from gemma_ops.config import GemmaConfig
     from gemma_ops.engine import EngineConfig
     from gemma_ops.tokenizer import GemmaTokenizer
-    from pipelines.options import JobConfig
-    from pipelines.pipeline import make_task
+    from transforms.registry import make_task_set
 
-    labels = tuple(x.strip() for x in args.labels.split(",") if x.strip())
-    config = JobConfig(input=args.input, output="-", task=args.task, labels=labels, max_new_tokens=args.max_new_tokens)
-    task = make_task(config)
-    path = resolve_model(args.model)
+    path = resolve_model(config.model)
     max_context = min(EngineConfig().max_context, GemmaConfig.from_pretrained(path).max_position_embeddings)
-    runner = EngineRunner(TokenizerOnlyEngine(GemmaTokenizer.from_pretrained(path), max_context))
-    sample = read_sample(args.input, RecordSpec(args.text_field, args.id_field), args.sample, args.input_format)
-    counts = [record_tokens(runner, task, record) for record in sample.records]
+    prompts = PromptEncoder(
+        GemmaTokenizer.from_pretrained(path),
+        max_context,
+        config.prompt_style,
+        config.max_prompt_tokens,
+        config.on_overflow,
+    )
+    task = make_task_set(config)
+    sample = read_sample(config.input, RecordSpec.of(config), args.sample, config.input_format)
+    counts = [n for n in (record_tokens(prompts, task, record) for record in sample.records) if n is not None]
     plan = make_plan(sample, counts, args.tokens_per_s)
     print("\n".join(plan.lines()))
     return 0

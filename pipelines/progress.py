@@ -15,8 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from gemma_ops.handler import METRICS_NAMESPACE as ENGINE_METRICS
-from transforms.base import METRICS_NAMESPACE as PIPELINE_METRICS
+from common import metrics
 
 PROGRESS_LOGGER = "gemma_beam.progress"
 PROGRESS_EVERY_SECONDS = 5.0
@@ -60,12 +59,15 @@ class RunSummary:
     wall_seconds: float
     result_files: tuple[str, ...]
     error_files: tuple[str, ...]
+    skipped: int = 0  # --skip_done: records already done in an earlier run
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}={v}" for k, v in sorted(self.errors_by_stage.items())) or "none"
         tokens = self.prompt_tokens + self.generated_tokens
+        skipped = [f"skipped:       {self.skipped} done in an earlier run (--skip_done)"] if self.skipped else []
         return [
             f"input records: {self.input_lines}",
+            *skipped,
             f"rows written:  {self.rows}",
             f"errors:        {self.errors} ({stages})",
             f"tokens:        {self.prompt_tokens} prompt + {self.generated_tokens} generated "
@@ -78,7 +80,7 @@ class RunSummary:
 
 def _counters(result: Any) -> dict[str, int]:
     totals: dict[str, int] = {}
-    for namespace in (ENGINE_METRICS, PIPELINE_METRICS):
+    for namespace in (metrics.ENGINE_NAMESPACE, metrics.PIPELINE_NAMESPACE):
         for counter in result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]:
             value = counter.committed if counter.committed is not None else counter.attempted
             name = counter.key.metric.name
@@ -96,16 +98,18 @@ def matched_files(prefix: str) -> tuple[str, ...]:
 
 def summarize_run(result: Any, results_prefix: str, errors_prefix: str, wall_seconds: float) -> RunSummary:
     counts = _counters(result)
-    by_stage = {k[len("errors_") :]: v for k, v in counts.items() if k.startswith("errors_") and v}
+    prefix = metrics.ERRORS_BY_STAGE_PREFIX
+    by_stage = {k[len(prefix) :]: v for k, v in counts.items() if k.startswith(prefix) and v}
     return RunSummary(
-        input_lines=counts.get("input_lines", 0),
-        rows=counts.get("results", 0),
-        errors=counts.get("errors", 0),
+        input_lines=counts.get(metrics.INPUT_LINES, 0),
+        rows=counts.get(metrics.RESULTS, 0),
+        errors=counts.get(metrics.ERRORS, 0),
         errors_by_stage=by_stage,
-        prompt_tokens=counts.get("prompt_tokens", 0),
-        generated_tokens=counts.get("generated_tokens", 0),
-        batches=counts.get("batches", 0),
+        prompt_tokens=counts.get(metrics.PROMPT_TOKENS, 0),
+        generated_tokens=counts.get(metrics.GENERATED_TOKENS, 0),
+        batches=counts.get(metrics.BATCHES, 0),
         wall_seconds=wall_seconds,
         result_files=matched_files(results_prefix),
         error_files=matched_files(errors_prefix),
+        skipped=counts.get(metrics.SKIPPED_DONE, 0),
     )

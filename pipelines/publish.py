@@ -5,8 +5,15 @@ Beam's file sinks name files ``prefix-SSSSS-of-NNNNN``: a rerun with another sha
 into ``<output>/.staging-<run_id>/`` and one final step, run only after every write (and the error-rate
 check) succeeded, swaps the job's ``results-*`` / ``errors-*`` files in the output folder for the staged
 ones. A run that fails before that step leaves the previous output untouched; its staged files stay for
-inspection. The swap is restartable: a manifest of the staged names is written first, so a retried publish
-(Dataflow retries a failed bundle) finishes the move instead of deleting what an earlier attempt moved.
+inspection.
+
+- One publish at a time per folder (``output_lock``): two runs publishing into the same folder never delete
+  each other's files as stale mid-swap; the later one replaces the earlier one's files whole.
+- The swap is restartable: a manifest of the staged names is written first, so a retried publish (Dataflow
+  retries a failed bundle) finishes the move instead of deleting what an earlier attempt moved.
+- The output keeps ``_PUBLISHED.json`` (the run and its files): a retry that finds the staging folder empty
+  goes the "already published" way only when that record names its own run. A staging folder that cannot be
+  listed is an error, never taken for "nothing to publish".
 """
 
 from __future__ import annotations
@@ -19,8 +26,17 @@ from collections.abc import Iterable, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.output_lock import publishing_lock
+
 OUTPUT_KINDS = ("results", "errors")  # the job's own files in the output folder; nothing else is touched
 MANIFEST = "_PUBLISH_MANIFEST.json"
+PUBLISHED = "_PUBLISHED.json"  # in the output folder: which run's files it holds
+
+
+class NothingToPublish(RuntimeError):
+    """The staging folder holds no files and the output was not published by this run."""
+
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -34,42 +50,62 @@ def _basename(path: str) -> str:
 
 
 def _match(pattern: str) -> list[str]:
-    try:
-        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    except OSError:  # Beam raises BeamIOError (an IOError) when nothing matches on some filesystems
-        return []
+    """The paths matching ``pattern``; a listing that fails raises (an empty match is an empty list)."""
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
 def _job_files(folder: str) -> list[str]:
     return [p for kind in OUTPUT_KINDS for p in _match(FileSystems.join(folder, f"{kind}-*"))]
 
 
-def _read_manifest(path: str) -> list[str] | None:
+def _read_json(path: str) -> dict | None:
     if not FileSystems.exists(path):
         return None
     with FileSystems.open(path) as handle:
-        return list(json.loads(handle.read().decode("utf-8"))["files"])
+        return json.loads(handle.read().decode("utf-8"))
 
 
-def _write_manifest(path: str, names: Sequence[str]) -> None:
+def _write_json(path: str, content: dict) -> None:
     with FileSystems.create(path) as handle:
-        handle.write(json.dumps({"files": list(names)}).encode("utf-8"))
+        handle.write(json.dumps(content).encode("utf-8"))
 
 
-def publish(output: str, staging: str) -> list[str]:
+def publish(output: str, staging: str, run_id: str) -> list[str]:
     """Replace the job's files in ``output`` with the staged ones; returns the published paths.
 
     Idempotent: calling it again after a partial or complete publish ends in the same state.
     """
     output = output.rstrip("/") or output
-    manifest = FileSystems.join(staging, MANIFEST)
-    names = _read_manifest(manifest)
-    if names is None:
-        staged = _job_files(staging)
-        if not staged:  # a retry after a finished publish (staging already removed): nothing to do
-            return sorted(_job_files(output))
-        names = sorted(_basename(p) for p in staged)
-        _write_manifest(manifest, names)
+    with publishing_lock(output, run_id):
+        manifest = FileSystems.join(staging, MANIFEST)
+        found = _read_json(manifest)
+        if found is None:
+            staged = _job_files(staging)
+            if not staged:
+                return _already_published(output, staging, run_id)
+            names = sorted(_basename(p) for p in staged)
+            _write_json(manifest, {"files": names})
+        else:
+            names = list(found["files"])
+        _swap(output, staging, names)
+        _write_json(FileSystems.join(output, PUBLISHED), {"run_id": run_id, "files": names})
+        _remove_staging(staging)
+    return sorted(FileSystems.join(output, name) for name in names)
+
+
+def _already_published(output: str, staging: str, run_id: str) -> list[str]:
+    """A retry after a finished publish (staging already removed); anything else is an error."""
+    record = _read_json(FileSystems.join(output, PUBLISHED))
+    if record is None or record.get("run_id") != run_id:
+        raise NothingToPublish(
+            f"{staging} holds no results-*/errors-* files and {output} was not published by run {run_id}; "
+            "the write steps left nothing to publish, or the staging folder was removed: rerun the job"
+        )
+    return sorted(FileSystems.join(output, name) for name in record["files"])
+
+
+def _swap(output: str, staging: str, names: Sequence[str]) -> None:
+    """Delete the job's files that are not among ``names``, then move the staged ones in."""
     keep = set(names)
     stale = [p for p in _job_files(output) if _basename(p) not in keep]
     if stale:
@@ -82,8 +118,6 @@ def publish(output: str, staging: str) -> list[str]:
         if FileSystems.exists(target):
             FileSystems.delete([target])  # the previous run's file of the same name
         FileSystems.rename([source], [target])
-    _remove_staging(staging)
-    return sorted(FileSystems.join(output, name) for name in names)
 
 
 def _remove_staging(staging: str) -> None:
@@ -99,10 +133,11 @@ def _remove_staging(staging: str) -> None:
 class Publish(beam.PTransform):
     """After every PCollection in ``after`` is complete, swap the staged files into the output folder."""
 
-    def __init__(self, output: str, staging: str) -> None:
+    def __init__(self, output: str, staging: str, run_id: str) -> None:
         super().__init__()
         self._output = output
         self._staging = staging
+        self._run_id = run_id
 
     def expand(self, after: Iterable[beam.PCollection]):
         pcolls = list(after)
@@ -110,9 +145,9 @@ class Publish(beam.PTransform):
             raise ValueError("Publish needs the write steps it must wait for")
         pipeline = pcolls[0].pipeline
         waits = {f"wait{i}": beam.pvalue.AsList(p) for i, p in enumerate(pcolls)}
-        output, staging = self._output, self._staging
+        output, staging, run_id = self._output, self._staging, self._run_id
         return (
             pipeline
             | "Once" >> beam.Create([None])
-            | "Swap" >> beam.FlatMap(lambda _, **_waits: publish(output, staging), **waits)
+            | "Swap" >> beam.FlatMap(lambda _, **_waits: publish(output, staging, run_id), **waits)
         )

@@ -94,11 +94,17 @@ def token_budget(
     return TokenBudget(gpu, int(tokens), kv, act, free)
 
 
-def default_budgets(model_path: str | Path, seq_len: int = 1024) -> dict[str, TokenBudget]:
-    """Budgets for every GPU type for the checkpoint at ``model_path``."""
+def default_budgets(model_path: str | Path, seq_len: int = 1024) -> dict[str, TokenBudget | str]:
+    """Budgets for every GPU type for the checkpoint at ``model_path``; a GPU it does not fit maps to why."""
     config = GemmaConfig.from_pretrained(model_path)
     weights = checkpoint_weight_bytes(model_path)
-    return {name: token_budget(config, weights, gpu, seq_len) for name, gpu in GPUS.items()}
+    budgets: dict[str, TokenBudget | str] = {}
+    for name, gpu in GPUS.items():
+        try:
+            budgets[name] = token_budget(config, weights, gpu, seq_len)
+        except ValueError as err:
+            budgets[name] = str(err)
+    return budgets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,13 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from gemma_ops.checkpoints import resolve_model
 
-    path = resolve_model(args.model)
+    budgets = default_budgets(resolve_model(args.model), args.seq_len)
     print(f"{'GPU':<10} {'accelerator':<18} {'machine':<16} {'budget tokens':>14} {'KV B/token':>11}")
-    for name, gpu in GPUS.items():
-        try:
-            b = token_budget(GemmaConfig.from_pretrained(path), checkpoint_weight_bytes(path), gpu, args.seq_len)
-        except ValueError as err:
-            print(f"{name:<10} {gpu.accelerator:<18} {gpu.machine_type:<16} does not fit: {err}")
+    for name, b in budgets.items():
+        gpu = GPUS[name]
+        if isinstance(b, str):
+            print(f"{name:<10} {gpu.accelerator:<18} {gpu.machine_type:<16} does not fit: {b}")
             continue
         print(f"{name:<10} {gpu.accelerator:<18} {gpu.machine_type:<16} {b.tokens:>14} {b.kv_bytes_per_token:>11}")
     print("pass the budget as --engine_max_batch_tokens; --batch_max_tokens well below it keeps batches flowing")

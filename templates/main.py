@@ -5,6 +5,9 @@ Kept thin: the pipeline lives in the installed package. This file only adapts wh
   run's date (``--run_date=YYYY-MM-DD``, or today in UTC shifted by ``--run_date_offset_days``, e.g. -1 to
   process yesterday's input folder); the pipeline gets ``--run_date`` when its options declare it.
 - The launcher passes every parameter as ``--name=value``; boolean flags arrive as ``--flag=true|false``.
+- Dataflow has already checked the parameter names against metadata.json, and the launcher adds its own
+  environment flags, so an unknown flag is logged here rather than refused; input that matches nothing and a
+  model that does not resolve still stop the launch before any worker starts (``pipelines.preflight``).
 It submits the job and returns without waiting: the launcher VM is not meant to babysit a batch job.
 """
 
@@ -18,6 +21,8 @@ from collections.abc import Sequence
 
 RUN_DATE_PLACEHOLDER = "{run_date}"
 LAUNCH_FLAGS = ("run_date", "run_date_offset_days")
+# The template's validation of the launch flags (metadata.json).
+LAUNCH_PATTERNS = {"run_date": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "run_date_offset_days": r"^-?[0-9]+$"}
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,11 +42,10 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_run_date(run_date: str | None, offset_days: int, today: datetime.date) -> datetime.date:
+    from common.settings import parse_date
+
     if run_date:
-        try:
-            return datetime.date.fromisoformat(run_date)
-        except ValueError as err:
-            raise ValueError(f"--run_date {run_date!r} is not a date like 2026-01-31") from err
+        return parse_date("run_date", run_date)
     return today + datetime.timedelta(days=offset_days)
 
 
@@ -70,14 +74,13 @@ def expand_launch_args(
 
 
 def pipeline_flags() -> tuple[list[str], bool]:
-    """The pipeline's boolean flags, and whether it declares --run_date (read from its options)."""
-    from pipelines.options import GemmaOptions
+    """The pipeline's boolean flags, and whether it declares --run_date (read from its settings)."""
+    from common.settings import declared
+    from pipelines.options import JOB_GROUPS
 
-    parser = argparse.ArgumentParser(add_help=False)
-    GemmaOptions._add_argparse_args(parser)
-    bools = [a.dest for a in parser._actions if a.nargs == 0 and a.option_strings]
-    dests = {a.dest for a in parser._actions}
-    return bools, "run_date" in dests
+    settings = [item for group in JOB_GROUPS for item in declared(group)]
+    bools = [item.flag for item in settings if item.kind is bool]
+    return bools, any(item.flag == "run_date" for item in settings)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -85,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from pipelines.batch_inference import parse_args
     from pipelines.pipeline import build_pipeline
+    from pipelines.preflight import preflight
+    from transforms.registry import make_task_set
 
     logging.getLogger().setLevel(logging.INFO)
     bools, takes_run_date = pipeline_flags()
@@ -94,9 +99,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         takes_run_date,
         datetime.datetime.now(datetime.timezone.utc).date(),
     )
-    options, config = parse_args(args)
+    options, config = parse_args(args, strict=False)
+    tasks = make_task_set(config)
+    preflight(config, tasks)
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, config, progress=False)
+    build_pipeline(pipeline, config, progress=False, tasks=tasks)
     pipeline.run()
 
 

@@ -8,18 +8,13 @@ Both servers listen on 127.0.0.1 only and are stopped by the fixture that starte
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.gcs_emulator import free_loopback_port
+
 STARTUP_TIMEOUT_S = 60
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from common.records import DeadLetter
 from pipelines import bigquery as bq
 from tests.dataflow.conftest import PROJECT
-from transforms.base import DeadLetter
-from transforms.sentiment import SentimentTask
+from transforms.registry import shortcut
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 RUN_DATE = datetime.date(2026, 11, 23)
-SCHEMA = SentimentTask().schema()
+SCHEMA = shortcut("sentiment").schema()
 
 
 def result_row(i: int, run_id: str = "run-1") -> dict:
@@ -36,7 +36,9 @@ def result_row(i: int, run_id: str = "run-1") -> dict:
         "model": "embedded",
         "prompt_tokens": 10 + i,
         "output_tokens": 0,
+        "chunks": 1,
         "run_id": run_id,
+        "result_key": f"key-{i}",
         "extra": "{}",
     }
 
@@ -45,11 +47,9 @@ def run_write(emulators, rows, letters, dataset: str, run_id: str = "run-1") -> 
     table = f"{PROJECT}:{dataset}.sentiment"
     options = PipelineOptions([f"--project={PROJECT}", f"--temp_location={emulators.temp_location}"])
     with beam.Pipeline(runner=RUNNER, options=options) as pipeline:
-        bad_rows = (
-            pipeline
-            | "Rows" >> beam.Create(rows)
-            | bq.WriteResultsToBigQuery(table, SCHEMA, RUN_DATE, emulators.temp_location)
-        )
+        # The pipeline's own path: validate (bad rows become dead letters), then load the partition.
+        valid, bad_rows = pipeline | "Rows" >> beam.Create(rows) | bq.ValidateForBigQuery(SCHEMA, RUN_DATE)
+        _ = valid | bq.LoadPartition(table, SCHEMA, RUN_DATE, emulators.temp_location)
         given = pipeline | "Letters" >> beam.Create(letters)
         _ = (
             (given, bad_rows)
@@ -95,7 +95,9 @@ def test_schema_partitioning_rows_and_errors_table(emulators, undecorated):
         "model": ("STRING", "REQUIRED"),
         "prompt_tokens": ("INTEGER", "REQUIRED"),
         "output_tokens": ("INTEGER", "REQUIRED"),
+        "chunks": ("INTEGER", "REQUIRED"),
         "run_id": ("STRING", "REQUIRED"),
+        "result_key": ("STRING", "REQUIRED"),
         "extra": ("STRING", "REQUIRED"),
         "run_date": ("DATE", "REQUIRED"),
     }

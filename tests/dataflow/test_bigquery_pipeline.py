@@ -11,7 +11,8 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gemma_ops.handler import GemmaModelHandler
+from inference.handler import GemmaModelHandler
+from inference.settings import ModelSettings
 from pipelines.options import JobConfig
 from pipelines.pipeline import build_pipeline
 from tests.dataflow.conftest import PROJECT
@@ -30,6 +31,7 @@ LINES = [
 def run_job(emulators, tmp_path, dataset: str, lines=tuple(LINES), **overrides) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text("\n".join(lines) + "\n")
+    overrides.setdefault("max_error_rate", 1.0)  # half of LINES are dead letters on purpose
     config = JobConfig(
         input=str(source),
         output=str(tmp_path / "out"),
@@ -41,7 +43,9 @@ def run_job(emulators, tmp_path, dataset: str, lines=tuple(LINES), **overrides) 
     )
     options = PipelineOptions([f"--project={PROJECT}", f"--temp_location={emulators.temp_location}"])
     pipeline = beam.Pipeline(runner=RUNNER, options=options)
-    handler = GemmaModelHandler(engine_factory=fake_engine_factory, model_resolver=fake_resolver, model_copies=None)
+    handler = GemmaModelHandler(
+        ModelSettings(model_copies=0), engine_factory=fake_engine_factory, model_resolver=fake_resolver
+    )
     build_pipeline(pipeline, config, handler=handler, progress=False)
     pipeline.run().wait_until_finish()
 
@@ -71,12 +75,13 @@ def test_results_and_dead_letters_land_in_bigquery_and_a_rerun_replaces_them(emu
     assert not glob.glob(str(tmp_path / "out" / "results-*"))
 
 
-def test_a_run_over_the_error_limit_loads_no_results(emulators, undecorated, tmp_path):
+def test_a_run_over_the_error_limit_loads_neither_results_nor_dead_letters(emulators, undecorated, tmp_path):
     emulators.client.create_dataset("limited")
     with pytest.raises(Exception, match=r"error rate 2/4 = 0\.5000 is over --max_error_rate=0\.25"):
         run_job(emulators, tmp_path, "limited", max_error_rate=0.25)
     tables = [t.table_id for t in emulators.client.list_tables("limited")]
-    assert "sentiment" not in tables  # the results load never ran
+    # Neither load ran: the date's results and its dead letters still describe the same (earlier) run.
+    assert "sentiment" not in tables and "sentiment_errors" not in tables
 
 
 def test_bigquery_flags_are_validated():
@@ -86,3 +91,45 @@ def test_bigquery_flags_are_validated():
         JobConfig(input="in.jsonl", output="out", output_format="bigquery", output_table="just-a-table")
     with pytest.raises(ValueError, match="--output_table goes with --output_format bigquery"):
         JobConfig(input="in.jsonl", output="out", output_table="p:d.t")
+
+
+def upstream_steps(pipeline: beam.Pipeline, composite: str) -> set[str]:
+    """Full labels of every step the leaf steps under ``composite`` wait for (main and side inputs)."""
+    from apache_beam.pipeline import PipelineVisitor
+
+    producers, leaves = {}, []
+
+    class Collect(PipelineVisitor):
+        def visit_transform(self, node) -> None:
+            producers.update({id(out): node for out in node.outputs.values()})
+            if node.full_label.startswith(composite + "/"):
+                leaves.append(node)
+
+    pipeline.visit(Collect())
+    seen: set[str] = set()
+    stack = list(leaves)
+    while stack:
+        node = stack.pop()
+        for pcoll in [*node.inputs, *(side.pvalue for side in node.side_inputs)]:
+            producer = producers.get(id(pcoll))
+            if producer is not None and producer.full_label not in seen:
+                seen.add(producer.full_label)
+                stack.append(producer)
+    return seen
+
+
+def test_both_bigquery_loads_wait_for_the_accounting_check(tmp_path):
+    """Whatever order a runner picks, neither partition is replaced before the error rate is known to pass."""
+    (tmp_path / "in.jsonl").write_text(LINES[0] + "\n")
+    config = JobConfig(
+        input=str(tmp_path / "in.jsonl"),
+        output=str(tmp_path / "out"),
+        output_format="bigquery",
+        output_table=f"{PROJECT}:ds.sentiment",
+        run_date=RUN_DATE,
+    )
+    pipeline = beam.Pipeline(runner=RUNNER, options=PipelineOptions([f"--project={PROJECT}"]))
+    handler = GemmaModelHandler(ModelSettings(model_copies=0), engine_factory=fake_engine_factory)
+    build_pipeline(pipeline, config, handler=handler, progress=False)
+    for load in ("LoadResults", "LoadErrors"):
+        assert "Accounting/Check" in upstream_steps(pipeline, load), load

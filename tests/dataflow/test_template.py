@@ -131,8 +131,12 @@ def test_every_copied_path_exists_and_packages_are_copied():
     sources = [c.split()[0] for c in args_of("COPY") if not c.startswith("--from")]
     for source in sources:
         assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
-    for package in ("gemma_ops", "transforms", "pipelines"):
-        assert package in sources
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    packages = next(
+        ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "PACKAGES"
+    )
+    for package in packages:
+        assert package in sources, f"the image does not copy the package {package}"
 
 
 def test_requirements_pin_every_runtime_dependency_of_setup_py():
@@ -241,7 +245,7 @@ def test_run_date_placeholder_uses_offset_from_today():
 def test_explicit_run_date_wins_and_is_only_passed_when_the_pipeline_declares_it():
     argv = ["--input=gs://b/{run_date}.jsonl", "--run_date=2026-01-31", "--run_date_offset_days=-3"]
     assert entry.expand_launch_args(argv, [], False, TODAY) == ["--input=gs://b/2026-01-31.jsonl"]
-    with pytest.raises(ValueError, match="not a date like"):
+    with pytest.raises(ValueError, match="--run_date must be a date like 2026-01-31"):
         entry.expand_launch_args(["--run_date=31/01/2026"], [], False, TODAY)
 
 

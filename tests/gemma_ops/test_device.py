@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemma_ops.device import resolve_device, resolve_dtype, slots_that_fit
+from gemma_ops.device import resolve_device, resolve_dtype
 
 
 def test_explicit_device_and_dtype_are_taken_as_given():
@@ -17,9 +17,3 @@ def test_explicit_device_and_dtype_are_taken_as_given():
     for name in ("bfloat17", "Tensor"):  # no such attribute; an attribute that is not a dtype
         with pytest.raises(ValueError, match=f"unknown dtype '{name}'"):
             resolve_dtype(name, cpu)
-
-
-def test_cache_slots_fit_in_ninety_percent_of_the_free_memory():
-    assert slots_that_fit(free_bytes=1000, per_slot_bytes=90) == 10  # 900 // 90
-    assert slots_that_fit(free_bytes=999, per_slot_bytes=90) == 9  # int(899.1) // 90
-    assert slots_that_fit(free_bytes=50, per_slot_bytes=90) == 0

@@ -213,7 +213,12 @@ def test_cache_slots_are_capped_by_free_memory(tiny_checkpoints, monkeypatch):
         tiny_checkpoints["gemma3"], device="cpu", dtype="float32", max_slots=16, max_context=64
     )
     per_slot = KVCache.bytes_needed(engine.model.config, 1, 64, 4)
-    monkeypatch.setattr(device_module, "free_memory_bytes", lambda device: int(3.5 * per_slot / 0.9))
+
+    def free(device) -> int:  # the device's free memory goes down by what the cache holds
+        cache = engine._caches.cache
+        return int(3.5 * per_slot / 0.9) - (cache.max_slots * per_slot if cache else 0)
+
+    monkeypatch.setattr(device_module, "free_memory_bytes", free)
     prompts = [_ids(90 + i, 5) for i in range(7)]
     params = SamplingParams(max_new_tokens=4, ignore_eos=True)
     outs = engine.generate(prompts, params)
@@ -226,3 +231,45 @@ def test_cache_slots_are_capped_by_free_memory(tiny_checkpoints, monkeypatch):
     engine._caches.cache = None
     with pytest.raises(MemoryError, match="lower max_context"):
         engine.generate(prompts[:1], params)
+
+
+def test_two_copies_on_one_device_never_size_their_caches_against_the_same_free_memory(tiny_checkpoints, monkeypatch):
+    """Two model copies share a device and run their first calls at the same moment (two processes: neither
+    probe sees the other's cache yet). Each copy's budget was fixed at load, one copy at a time, so together
+    they stay within the free memory instead of taking 90% of it each."""
+    import gemma_ops.device as device_module
+    from gemma_ops.config import GemmaConfig
+    from gemma_ops.kv_cache import KVCache
+
+    per_slot = KVCache.bytes_needed(GemmaConfig.from_pretrained(tiny_checkpoints["gemma3"]), 1, 64, 4)
+    free = 20 * per_slot
+    monkeypatch.setattr(device_module, "free_memory_bytes", lambda device: free)
+    copies = [
+        GemmaEngine.from_pretrained(
+            tiny_checkpoints["gemma3"], device="cpu", dtype="float32", max_slots=16, max_context=64, cache_shared_by=2
+        )
+        for _ in range(2)
+    ]
+    params = SamplingParams(max_new_tokens=2, ignore_eos=True)
+    for copy in copies:  # the probe still says `free`: the other copy's cache is not visible to it
+        copy.generate([_ids(100 + i, 5) for i in range(16)], params)
+    taken = sum(copy._caches.cache.max_slots * per_slot for copy in copies)
+    assert taken <= 0.9 * free and [copy._caches.cache.max_slots for copy in copies] == [9, 9]
+
+
+def test_a_cache_capped_by_memory_grows_once_memory_is_freed(tiny_checkpoints, monkeypatch):
+    import gemma_ops.device as device_module
+    from gemma_ops.kv_cache import KVCache
+
+    engine = GemmaEngine.from_pretrained(
+        tiny_checkpoints["gemma3"], device="cpu", dtype="float32", max_slots=8, max_context=64
+    )
+    per_slot = KVCache.bytes_needed(engine.model.config, 1, 64, 4)
+    prompts = [_ids(120 + i, 5) for i in range(8)]
+    params = SamplingParams(max_new_tokens=3, ignore_eos=True)
+    monkeypatch.setattr(device_module, "free_memory_bytes", lambda device: int(2.5 * per_slot / 0.9))
+    capped = engine.generate(prompts, params)
+    assert engine._caches.cache.max_slots == 2 and engine._caches.at_memory_limit
+    monkeypatch.setattr(device_module, "free_memory_bytes", lambda device: 100 * per_slot)  # another copy freed it
+    assert engine.generate(prompts, params) == capped  # same results, now in one pass
+    assert engine._caches.cache.max_slots == 8 and not engine._caches.at_memory_limit

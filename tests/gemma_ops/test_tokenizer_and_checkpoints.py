@@ -10,7 +10,8 @@ import pytest
 import sentencepiece
 from transformers import AutoTokenizer
 
-from gemma_ops.checkpoints import _build_once, resolve_model
+from gemma_ops.checkpoints import check_model, is_checkpoint_dir, resolve_model
+from gemma_ops.checkpoints.staging import build_once
 from gemma_ops.tokenizer import GemmaTokenizer
 
 
@@ -74,7 +75,7 @@ def _slow_build(target: str, marker: str) -> str:
         time.sleep(0.5)  # both racers are mid-build at once
         (staging / "model.safetensors").write_text(marker)
 
-    return str(_build_once(Path(target), build))
+    return str(build_once(Path(target), build, is_checkpoint_dir))
 
 
 def test_concurrent_builds_on_a_cold_cache_leave_one_complete_checkpoint(tmp_path):
@@ -95,6 +96,24 @@ def test_resolve_model_explains_what_it_expected(tmp_path):
     (tmp_path / "ckpt" / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(FileNotFoundError, match="only safetensors weights are loaded"):
         resolve_model(str(tmp_path / "ckpt"))
+
+
+def test_check_model_resolves_without_loading_anything(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("not even json: nothing is read")
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"")
+    check_model(str(tmp_path / "ckpt"))
+    check_model("embedded")  # the package (or the converted cache) is there; nothing is converted
+    (tmp_path / "m.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    check_model(str(tmp_path / "m.gguf"))
+    (tmp_path / "bad.gguf").write_bytes(b"<html>")
+    with pytest.raises(FileNotFoundError, match="not a GGUF file"):
+        check_model(str(tmp_path / "bad.gguf"))
+    with pytest.raises(FileNotFoundError, match="neither 'embedded', a checkpoint folder"):
+        check_model(str(tmp_path / "missing"))
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="only safetensors weights are loaded"):
+        check_model(str(tmp_path / "ckpt"))
 
 
 def test_untrusted_text_cannot_produce_control_tokens(embedded_path):

@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.batch_inference import main
 from pipelines.options import JobConfig
-from pipelines.pipeline import make_task
+from transforms.registry import make_task_set
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample.jsonl"
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -61,7 +61,7 @@ def test_classify_on_sample(tmp_path):
 def test_summarize_on_sample(tmp_path):
     rows = run_cli(tmp_path, "--task", "summarize", "--max_new_tokens", "32")
     config = JobConfig(input="x", output="y", task="summarize")
-    assert set(rows[0]) == set(make_task(config).schema().names)
+    assert set(rows[0]) == set(make_task_set(config).schema().names)
     assert len(rows) == 24
     for r in rows:
         assert r["finish_reason"] in ("stop", "length") and 0 < r["output_tokens"] <= 32

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_ops.gcs_model import MANIFEST, RemoteObject, _download, fetch_gcs_checkpoint, safe_relative_path
+from gemma_ops.checkpoints.gcs import MANIFEST, RemoteObject, _download, fetch_gcs_checkpoint, safe_relative_path
 
 FILES = {
     "config.json": b'{"model_type": "gemma3_text"}',

@@ -11,8 +11,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from common.records import DeadLetter, Record
 from pipelines.io import ReadRecords, RecordSpec, detect_format, parse_line, stable_id, to_record
-from transforms.base import DeadLetter, Record
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 SPEC = RecordSpec()
@@ -82,7 +82,7 @@ def test_bad_lines_become_dead_letters(raw, stage, error, known_id):
 
 def test_oversized_line_is_dead_lettered_with_a_truncated_input():
     raw = json.dumps({"id": "big", "text": "x" * 5000}).encode()
-    letter = parse_line(raw, RecordSpec(max_record_bytes=1000))
+    letter = parse_line(raw, RecordSpec(max_record_bytes=1000, on_overflow="error"))
     assert (
         letter.stage == "read"
         and letter.error

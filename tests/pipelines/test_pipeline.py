@@ -13,12 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gemma_ops.handler import GemmaModelHandler
+from inference.handler import GemmaModelHandler
+from inference.settings import ModelSettings
 from pipelines.batch_inference import main, parse_args
 from pipelines.options import JobConfig
-from pipelines.pipeline import build_pipeline, make_task
+from pipelines.pipeline import build_pipeline
 from pipelines.progress import summarize_run
 from tests.transforms.fakes import fake_engine_factory, fake_resolver
+from transforms.registry import make_task_set
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 LINES = [
@@ -32,7 +34,9 @@ LINES = [
 
 
 def fake_handler() -> GemmaModelHandler:
-    return GemmaModelHandler(engine_factory=fake_engine_factory, model_resolver=fake_resolver, model_copies=None)
+    return GemmaModelHandler(
+        ModelSettings(model_copies=0), engine_factory=fake_engine_factory, model_resolver=fake_resolver
+    )
 
 
 def run(config: JobConfig):
@@ -58,12 +62,14 @@ def read_errors(folder):
 
 
 def test_parquet_results_have_the_declared_schema_and_all_records_are_accounted_for(tmp_path, input_file):
-    config = JobConfig(input=str(input_file), output=str(tmp_path / "out"), task="sentiment", run_id="r1")
+    config = JobConfig(
+        input=str(input_file), output=str(tmp_path / "out"), task="sentiment", run_id="r1", max_error_rate=0.4
+    )
     summary = run(config)
     files = glob.glob(str(tmp_path / "out" / "results-*.parquet"))
     assert files and summary.result_files == tuple(sorted(files))
     table = pq.ParquetDataset(files).read()
-    assert table.schema.equals(make_task(config).schema(), check_metadata=False)
+    assert table.schema.equals(make_task_set(config).schema(), check_metadata=False)
     rows = sorted(table.to_pylist(), key=lambda r: r["id"])
     hashed_id = rows[0]["id"]  # the record without an id gets its content hash
     assert [(r["id"], r["label"]) for r in rows] == [
@@ -89,6 +95,7 @@ def test_jsonl_output_for_summaries(tmp_path, input_file):
         task="summarize",
         output_format="jsonl",
         run_id="r2",
+        max_error_rate=0.4,  # two of LINES' five records are dead letters on purpose
     )
     summary = run(config)
     rows = [json.loads(line) for f in summary.result_files for line in Path(f).read_text().splitlines()]
@@ -101,8 +108,10 @@ def test_jsonl_output_for_summaries(tmp_path, input_file):
 
 
 def test_config_errors_say_what_to_fix():
-    with pytest.raises(ValueError, match="--task classify needs --labels"):
+    with pytest.raises(ValueError, match=r"--task classify: need at least two labels, e.g. --labels billing"):
         JobConfig(input="x", output="y", task="classify")
+    with pytest.raises(ValueError, match=r"--task must be one of sentiment, classify, summarize, got 'translate'"):
+        JobConfig(input="x", output="y", task="translate")
     with pytest.raises(ValueError) as err:
         JobConfig(input="", output="", max_new_tokens=0)
     assert "--input is required" in str(err.value) and "--max_new_tokens must be >= 1" in str(err.value)
@@ -111,15 +120,18 @@ def test_config_errors_say_what_to_fix():
 def test_flags_reach_the_config():
     _, config = parse_args(
         ["--input", "in.jsonl", "--output", "out", "--task", "classify", "--labels", "a, b",
-         "--no_calibration", "--model_copies", "0", "--runner", "DirectRunner", "--run_id", "fixed"]
+         "--no_calibration", "--model_copies", "0", "--runner", "DirectRunner", "--run_id", "fixed",
+         "--engine_max_slots", "8"]
     )  # fmt: skip
     assert config.labels == ("a", "b") and config.calibrate is False and config.model_copies == 0
     assert config.run_id == "fixed" and config.output_format == "parquet"
+    # The handler gets the model settings as declared, engine sizing included.
+    assert ModelSettings.of(config).engine_kwargs() == {"max_slots": 8}
 
 
 def test_invalid_flags_exit_with_a_message(capsys):
     assert main(["--input", "x", "--output", "y", "--task", "classify"]) == 2
-    assert "needs --labels" in capsys.readouterr().err
+    assert "--task classify: need at least two labels" in capsys.readouterr().err
 
 
 def test_help_explains_every_flag():

@@ -1,4 +1,5 @@
-"""Fake engines that fail the way real ones do: a whole call raising, or running out of GPU memory."""
+"""Fake engines that fail the way real ones do: a whole call raising because of one request, the device
+breaking for good, or running out of GPU memory."""
 
 from __future__ import annotations
 
@@ -23,11 +24,36 @@ class _FailingEngine(FakeEngine):
 
 
 class CrashingEngine(_FailingEngine):
-    """Raises for any call that includes a CRASH prompt (as a kernel error takes down the whole batch)."""
+    """Raises for any call that includes a CRASH prompt (as a kernel rejecting one input fails the batch)."""
 
     def _check(self, prompts) -> None:
         if any(CRASH in self._text(p) for p in prompts):
-            raise RuntimeError("device-side assert triggered")
+            raise RuntimeError("index out of range in self")
+
+
+class BrokenDeviceEngine(_FailingEngine):
+    """Every call fails the way a GPU with a corrupted CUDA context does; ``calls`` counts the attempts."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def _check(self, prompts) -> None:
+        self.calls += 1
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+
+class CalibrationFailingEngine(_FailingEngine):
+    """Raises for any call that scores a content-free calibration prompt ("N/A"); ``calls`` counts calls."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.calls = 0
+
+    def _check(self, prompts) -> None:
+        self.calls += 1
+        if any('"""N/A"""' in self._text(p) for p in prompts):
+            raise RuntimeError("kernel failed on the calibration prompt")
 
 
 class OutOfMemoryEngine(_FailingEngine):

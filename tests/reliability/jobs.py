@@ -9,7 +9,8 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from gemma_ops.handler import GemmaModelHandler
+from inference.handler import GemmaModelHandler
+from inference.settings import ModelSettings
 from pipelines.options import JobConfig
 from pipelines.pipeline import build_pipeline
 from pipelines.progress import RunSummary, summarize_run
@@ -19,7 +20,7 @@ FN_API = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
 def fake_handler(factory=fake_engine_factory) -> GemmaModelHandler:
-    return GemmaModelHandler(engine_factory=factory, model_resolver=fake_resolver, model_copies=None)
+    return GemmaModelHandler(ModelSettings(model_copies=0), engine_factory=factory, model_resolver=fake_resolver)
 
 
 def run_job(config: JobConfig, handler: GemmaModelHandler | None = None, runner: str = FN_API) -> RunSummary:

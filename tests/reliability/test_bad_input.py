@@ -14,14 +14,14 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import pipelines.pipeline
-from gemma_ops.batch_requests import ScoreResponse
-from gemma_ops.handler import GemmaModelHandler
+from common.records import DeadLetter, Record
+from inference.handler import GemmaModelHandler
+from inference.requests import Answer, RecordResponse
 from pipelines.io import ReadRecords, RecordSpec, cut_utf8, error_json, parse_line
 from pipelines.options import JobConfig
 from tests.reliability.jobs import error_rows, result_rows, run_job
 from tests.transforms.fakes import fake_engine_factory, fake_resolver
-from transforms.base import DeadLetter, Record
-from transforms.sentiment import SentimentTask
+from transforms.registry import shortcut
 
 FN_API = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
@@ -67,10 +67,10 @@ def test_record_spec_refuses_unknown_policies():
 
 
 def test_a_truncated_record_sets_the_truncated_column():
-    response = ScoreResponse((-4.0, -5.0, -5.0), None, 12, False, "completion", "m")
-    row = SentimentTask().to_row(Record("t", "great", truncated=True), response, "run")
+    response = RecordResponse((Answer((-4.0, -5.0, -5.0)),), 12, False, "completion", "m")
+    row = shortcut("sentiment").to_row(Record("t", "great", truncated=True), response, "run", "fp")
     assert (row["truncated"], row["label"], row["prompt_tokens"]) == (True, "positive", 12)
-    assert SentimentTask().to_row(Record("t", "great"), response, "run")["truncated"] is False
+    assert shortcut("sentiment").to_row(Record("t", "great"), response, "run", "fp")["truncated"] is False
 
 
 def _check_parquet(tmp_path, spec: RecordSpec, records: list[tuple], errors: list[tuple]) -> None:
@@ -170,7 +170,7 @@ def test_max_prompt_tokens_truncates_or_dead_letters_by_flag(tmp_path, fake_engi
     source.write_text('{"id": "long", "text": "' + "great " * 300 + '"}\n{"id": "short", "text": "awful"}\n')
     config = JobConfig(
         input=str(source), output=str(tmp_path / "out"), run_id="p", max_prompt_tokens=1200, on_overflow=policy,
-        model_copies=0,
+        model_copies=0, max_error_rate=1.0,
     )  # fmt: skip
     summary = run_job(config, pipelines.pipeline.make_handler(config))
     rows = {r["id"]: r for r in result_rows(summary)}
@@ -197,5 +197,5 @@ def test_lone_surrogate_escapes_in_id_or_extra_are_dead_letters_not_a_failed_wri
 
 def test_non_finite_numbers_in_extra_fields_become_null_in_strict_json():
     record = parse_line(b'{"id": "n", "text": "hi", "a": NaN, "b": [Infinity, 1.5]}', RecordSpec())
-    response = ScoreResponse((-4.0, -5.0, -5.0), None, 3, False, "completion", "m")
-    assert SentimentTask().to_row(record, response, "r")["extra"] == '{"a": null, "b": [null, 1.5]}'
+    response = RecordResponse((Answer((-4.0, -5.0, -5.0)),), 3, False, "completion", "m")
+    assert shortcut("sentiment").to_row(record, response, "r", "fp")["extra"] == '{"a": null, "b": [null, 1.5]}'

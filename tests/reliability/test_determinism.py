@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gemma_ops.handler import GemmaModelHandler
+from inference.handler import GemmaModelHandler
+from inference.settings import ModelSettings
 from pipelines.options import JobConfig
 from tests.reliability.jobs import error_rows, result_rows, run_job
 
@@ -33,7 +34,9 @@ def _run(model: Path, source: Path, out: Path, batch_max_tokens: int, **job) -> 
         input=str(source), output=str(out), model=str(model), run_id="det", batch_max_tokens=batch_max_tokens, **job
     )
     handler = GemmaModelHandler(
-        model=str(model), device="cpu", dtype="float32", model_copies=None, batch_max_tokens=batch_max_tokens
+        ModelSettings(
+            model=str(model), device="cpu", dtype="float32", model_copies=0, batch_max_tokens=batch_max_tokens
+        )
     )
     summary = run_job(config, handler)
     assert error_rows(summary) == []

@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gemma_ops.batch_requests import ScoreResponse
+from common.records import DeadLetter, Record
+from common.text import extra_json
+from inference.requests import Answer
 from pipelines.io import RecordSpec, _ReadParquetFile, error_json, parse_line
-from transforms.base import DeadLetter, Record, extra_json
-from transforms.classify import ClassifyTask
-from transforms.summarize import clean_summary
+from transforms.registry import shortcut
 
-SPEC = RecordSpec(max_record_bytes=400)
+SPEC = RecordSpec(max_record_bytes=400, on_overflow="error")
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # JSON's \uXXXX escapes can carry lone surrogates, which no UTF-8 writer accepts: generate them too.
@@ -150,25 +150,27 @@ def test_every_parquet_row_is_a_record_or_a_dead_letter(rows):
 @FAST
 @given(st.text(max_size=300))
 def test_clean_summary_is_one_clean_line(text):
-    out = clean_summary(text)
+    out = SUMMARIZE.clean(text)
     assert isinstance(out, str) and "\n" not in out and out == out.strip()
     for token in ("<start_of_turn>", "<end_of_turn>", "<eos>", "<bos>"):
         assert token not in out
 
 
-TASK = ClassifyTask("billing,shipping,other", calibrate=False)
+SUMMARIZE = shortcut("summarize").tasks[0]
+TASK = shortcut("classify", labels=("billing", "shipping", "other"), calibrate=False).tasks[0]
+NAMES = {label.name for label in TASK.labels}
 scores = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
 
 @FAST
 @given(st.lists(scores, min_size=0, max_size=5), st.none() | st.lists(scores, min_size=3, max_size=3))
 def test_score_parsing_gives_a_label_from_the_set_or_a_value_error(logprobs, prior):
-    response = ScoreResponse(tuple(logprobs), None if prior is None else tuple(prior), 1, False, "completion", "m")
+    answer = Answer(tuple(logprobs), None if prior is None else tuple(prior))
     try:
-        columns = TASK.task_columns(response)
+        columns = TASK.columns((answer,))
     except ValueError:
         return  # becomes a parse dead letter
-    assert columns["label"] in TASK.labels and set(columns["label_scores"]) == set(TASK.labels)
+    assert columns["label"] in NAMES and set(columns["label_scores"]) == NAMES
     probabilities = list(columns["label_scores"].values())
     assert all(0.0 <= p <= 1.0 for p in probabilities) and math.isclose(sum(probabilities), 1.0, rel_tol=1e-9)
     assert columns["confidence"] == max(probabilities)

@@ -10,7 +10,8 @@ import time
 import pyarrow.parquet as pq
 
 from gemma_ops.checkpoints import CACHE_ENV
-from gemma_ops.handler import GemmaModelHandler
+from inference.handler import GemmaModelHandler
+from inference.settings import ModelSettings
 from pipelines.options import JobConfig
 from tests.reliability.jobs import run_job
 
@@ -38,15 +39,20 @@ def test_gs_input_output_and_model(gcs, tiny_gemma3, tmp_path, monkeypatch):
     outputs.blob("run/results-00000-of-00009.parquet").upload_from_string(b"a stale file from an older run")
 
     config = JobConfig(
-        input="gs://in/reviews/*.jsonl", output="gs://out/run", model="gs://models/tiny", run_id="gcs", num_shards=1
+        input="gs://in/reviews/*.jsonl",
+        output="gs://out/run",
+        model="gs://models/tiny",
+        run_id="gcs",
+        num_shards=1,
+        max_error_rate=0.4,  # two of the five lines are bad on purpose
     )
-    handler = GemmaModelHandler(model=config.model, device="cpu", dtype="float32", model_copies=None)
+    handler = GemmaModelHandler(ModelSettings(model=config.model, device="cpu", dtype="float32", model_copies=0))
     started = time.monotonic()
     summary = run_job(config, handler)
     assert time.monotonic() - started < 60  # no ~25 s credential retries
 
     names = sorted(blob.name for blob in gcs.list_blobs("out"))
-    assert names == ["run/errors-00000-of-00001.jsonl", "run/results-00000-of-00001.parquet"]  # staging gone
+    assert names == ["run/_PUBLISHED.json", "run/errors-00000-of-00001.jsonl", "run/results-00000-of-00001.parquet"]
     assert summary.result_files == ("gs://out/run/results-00000-of-00001.parquet",)
     table = pq.read_table(io.BytesIO(outputs.blob("run/results-00000-of-00001.parquet").download_as_bytes()))
     rows = sorted(table.to_pylist(), key=lambda r: r["id"])

@@ -2,7 +2,8 @@
 
 Scores depend only on the document (the text between the prompt's last pair of triple quotes), so expected
 rows can be computed by hand: each label scores (number of times the label's cue words appear) - 5, and the
-content-free calibration prompts ("N/A", "", "[text]") score every label equally.
+content-free calibration prompts ("N/A", "", "[text]") score every label equally. A yes/no question about a
+label (multi-label tasks: "Is it about billing?") scores yes = (times the label appears) - 5 and no = -4.5.
 """
 
 from __future__ import annotations
@@ -67,12 +68,16 @@ class FakeEngine:
             if POISON.lower() in text:
                 out.append(ScoreResult((), len(ids), "fake engine refused this prompt"))
                 continue
-            row = []
-            for cand in candidates:
-                cues = CUES.get(cand.strip().lower(), (cand.strip().lower(),))
-                row.append(float(sum(text.count(c) for c in cues)) - 5.0)
-            out.append(ScoreResult(tuple(row), len(ids)))
+            out.append(ScoreResult(self._scores(text, self._text(prompt), candidates), len(ids)))
         return out
+
+    @staticmethod
+    def _scores(document: str, prompt: str, candidates) -> tuple[float, ...]:
+        words = [c.strip().lower() for c in candidates]
+        if words == ["yes", "no"]:
+            label = prompt.rsplit('"""', 1)[-1].split("?")[0].split()[-1].lower()
+            return (float(document.count(label)) - 5.0, -4.5)
+        return tuple(float(sum(document.count(c) for c in CUES.get(w, (w,)))) - 5.0 for w in words)
 
     def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams]) -> list[Completion]:
         self.generate_calls.append(len(prompts))

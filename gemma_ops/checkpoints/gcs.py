@@ -2,8 +2,7 @@
 
 Workers read weights from local disk, so a ``gs://`` model is downloaded before the engine loads it. The local
 copy is keyed by the URI *and* the listing (names, sizes, generations): a changed folder gets a fresh copy, an
-unchanged one is reused. The copy is built in a private folder beside the target and renamed into place, so
-several SDK processes racing on a cold cache never see a half-written checkpoint; the first finisher wins.
+unchanged one is reused. The copy is built beside the target and renamed into place (``staging.build_once``).
 Object names are untrusted: a name that would land outside the target folder is refused.
 """
 
@@ -11,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from gemma_ops.checkpoints.staging import build_once
 
 MANIFEST = ".gcs-source.json"
 DEFAULT_WORKERS = 8
@@ -86,6 +84,23 @@ def listing_digest(uri: str, objects: Iterable[RemoteObject]) -> str:
     return digest.hexdigest()[:20]
 
 
+def check_gcs_checkpoint(uri: str, *, client: Any = None) -> None:
+    """Raise FileNotFoundError when ``uri`` is not a listable checkpoint folder (nothing is downloaded)."""
+    from google.api_core import exceptions as gcs_errors
+    from google.auth import exceptions as auth_errors
+
+    try:
+        if client is None:
+            from google.cloud import storage
+
+            client = storage.Client()
+        list_model_objects(client, uri)
+    except (gcs_errors.GoogleAPICallError, auth_errors.GoogleAuthError) as err:  # no bucket, no access: say so
+        raise FileNotFoundError(f"--model {uri}: cannot list the folder ({type(err).__name__}: {err})") from err
+    except ValueError as err:  # a malformed URI or an object name that would escape the folder
+        raise FileNotFoundError(f"--model {uri}: {err}") from err
+
+
 def fetch_gcs_checkpoint(uri: str, cache_dir: Path, *, client: Any = None, max_workers: int = DEFAULT_WORKERS) -> Path:
     """Return a local folder holding the checkpoint at ``uri``, downloading it on first use."""
     if client is None:
@@ -99,24 +114,15 @@ def fetch_gcs_checkpoint(uri: str, cache_dir: Path, *, client: Any = None, max_w
     if (target / MANIFEST).is_file():
         return target
     bucket = client.bucket(bucket_name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def download(staging: Path) -> None:
         with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
             # list() re-raises the first download error here.
             list(pool.map(lambda obj: _download(bucket, obj, staging), objects))
         manifest = {"uri": uri, "objects": [[o.relative, o.size, o.generation] for o in objects]}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        staging.chmod(0o755)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / MANIFEST).is_file():  # not a lost race: a real failure
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return build_once(target, download, lambda folder: (folder / MANIFEST).is_file())
 
 
 def _download(bucket: Any, obj: RemoteObject, staging: Path) -> None:

@@ -1,0 +1,263 @@
+"""EngineRunner: the object a loaded model is. It owns the engine and turns requests into engine calls.
+
+It renders each request's prompt (``PromptEncoder``), asks every question of every request in as few engine
+calls as it can (scored questions grouped by their words and shared head, generations together), scores the
+calibration priors once and caches them, reads texts too long for the context in chunks for generated
+questions (--long_documents chunk), halves its calls after an out-of-memory error, and returns one response
+per request in order. Beam-free; a Beam proxy talks to it through its methods only.
+
+Failures stay with the requests they belong to: a failed calibration prior fails only the requests that need
+it (tried once per call, never cached), and a broken accelerator marks the runner broken, so every later call
+raises ``DeviceFailure`` at once instead of touching the device again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from inference.calibration import Attempts, CalibrationFailed, Priors
+from inference.failures import (
+    DeviceFailure,
+    device_failure,
+    is_device_failure,
+    is_out_of_memory,
+    release_accelerator_memory,
+)
+from inference.long_documents import LongQuestion, LongReading, read_long_texts
+from inference.prompts import EncodedPrompt, PromptEncoder
+from inference.requests import Answer, PromptTemplate, RecordRequest, RecordResponse, RunnerInfo
+from inference.settings import ModelSettings
+
+_LOG = logging.getLogger(__name__)
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One question of one template of one request, as the engine will see it."""
+
+    request: int
+    template: PromptTemplate
+    key: tuple[int, int]  # (template index, question index) within the request
+    prompt: list[int]
+    head: tuple[int, ...]
+
+    @property
+    def question(self) -> int:
+        return self.key[1]
+
+
+class EngineRunner:
+    """What ``load_model`` returns: the engine plus request handling; one engine call at a time."""
+
+    def __init__(
+        self,
+        engine: Any,
+        settings: ModelSettings | None = None,
+        *,
+        load_seconds: float = 0.0,
+        model_name: str | None = None,
+    ) -> None:
+        """``model_name``: the lineage name for rows (default: the engine's, i.e. the checkpoint folder's)."""
+        settings = settings or ModelSettings()
+        self._engine = engine
+        self._model_name = model_name or str(engine.model_name)
+        self.prompts = PromptEncoder(
+            engine.tokenizer,
+            engine.max_context,
+            settings.prompt_style,
+            settings.max_prompt_tokens,
+            settings.on_overflow,
+        )
+        self._load_seconds = load_seconds
+        self._read_long_documents = settings.long_documents == "chunk"
+        self._lock = threading.Lock()
+        self._priors = Priors(self.prompts, self._score)
+        self._max_call: int | None = None  # requests per engine call; set (and halved) by out-of-memory errors
+        self._broken: DeviceFailure | None = None  # the device failure that made this runner unusable
+        self.oom_retries = 0
+
+    def info(self) -> RunnerInfo:
+        return RunnerInfo(self._model_name, self._engine.max_context, self.prompts.style, self._load_seconds)
+
+    def run(self, requests: Sequence[RecordRequest]) -> list[RecordResponse]:
+        """One response per request, in order; a bad request gets a response with ``error`` set."""
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken
+            encoded: dict[int, list[EncodedPrompt]] = {}
+            errors: dict[int, str] = {}
+            for i, request in enumerate(requests):
+                try:
+                    encoded[i] = [self.prompts.encode(request.fields, t) for t in request.templates]
+                except ValueError as err:
+                    errors[i] = str(err)
+            asks, long_asks = self._asks(requests, encoded)
+            answers: dict[tuple[int, int, int], Answer] = {}
+            readings: dict[tuple[int, int, int], LongReading] = {}
+            self._ask_scored([a for a in asks if a.template.questions[a.question].scored], answers, errors)
+            self._ask_generated([a for a in asks if not a.template.questions[a.question].scored], answers, errors)
+            self._ask_long(long_asks, requests, answers, errors, readings)
+            return [
+                self._response(i, request, encoded, answers, errors, readings) for i, request in enumerate(requests)
+            ]
+
+    def _asks(
+        self, requests: Sequence[RecordRequest], encoded: dict[int, list[EncodedPrompt]]
+    ) -> tuple[list[_Ask], list[_Ask]]:
+        """Every question of every encoded request; the second list holds the generated ones whose prompt had
+        to cut the text, which --long_documents chunk reads whole instead."""
+        asks: list[_Ask] = []
+        long_asks: list[_Ask] = []
+        for i, prompts in encoded.items():
+            for t, template in enumerate(requests[i].templates):
+                for q, question in enumerate(template.questions):
+                    ask = _Ask(i, template, (t, q), prompts[t].full(q), prompts[t].head)
+                    chunked = self._read_long_documents and prompts[t].truncated and not question.scored
+                    (long_asks if chunked else asks).append(ask)
+        return asks, long_asks
+
+    def _ask_scored(
+        self, asks: list[_Ask], answers: dict[tuple[int, int, int], Answer], errors: dict[int, str]
+    ) -> None:
+        """Scored questions, grouped by their candidates and the head their prompts share."""
+        groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[_Ask]] = {}
+        for ask in asks:
+            groups.setdefault((self.prompts.candidates(ask.template, ask.question), ask.head), []).append(ask)
+        attempts: Attempts = {}  # this call's priors, failures included
+        for (candidates, head), members in groups.items():
+            results = self._score([ask.prompt for ask in members], list(candidates), head)
+            for ask, result in zip(members, results, strict=True):
+                if result.error:
+                    errors.setdefault(ask.request, result.error)
+                    continue
+                try:
+                    prior = self._priors.get(ask.template, ask.question, attempts)
+                except CalibrationFailed as err:
+                    errors.setdefault(ask.request, str(err))
+                    continue
+                answers[(ask.request, *ask.key)] = Answer(tuple(float(x) for x in result.logprobs), prior)
+
+    def _ask_generated(
+        self, asks: list[_Ask], answers: dict[tuple[int, int, int], Answer], errors: dict[int, str]
+    ) -> None:
+        if not asks:
+            return
+        params = [ask.template.questions[ask.question].params for ask in asks]
+        completions = self._generate(list(zip([ask.prompt for ask in asks], params, strict=True)))
+        for ask, completion in zip(asks, completions, strict=True):
+            if completion.error:
+                errors.setdefault(ask.request, completion.error)
+                continue
+            answers[(ask.request, *ask.key)] = Answer(
+                text=completion.text,
+                finish_reason=completion.finish_reason,
+                output_tokens=len(completion.token_ids),
+            )
+
+    def _ask_long(
+        self,
+        asks: list[_Ask],
+        requests: Sequence[RecordRequest],
+        answers: dict[tuple[int, int, int], Answer],
+        errors: dict[int, str],
+        readings: dict[tuple[int, int, int], LongReading],
+    ) -> None:
+        """Generated questions about texts too long for one prompt, read in chunks (``inference.long_documents``)."""
+        if not asks:
+            return
+        jobs = [LongQuestion(requests[ask.request].fields, ask.template, ask.question) for ask in asks]
+        for ask, reading in zip(asks, read_long_texts(jobs, self.prompts, self._generate), strict=True):
+            readings[(ask.request, *ask.key)] = reading
+            if reading.error:
+                errors.setdefault(ask.request, reading.error)
+                continue
+            answers[(ask.request, *ask.key)] = Answer(
+                text=reading.text, finish_reason=reading.finish_reason, output_tokens=reading.output_tokens
+            )
+
+    def _generate(self, calls: list[tuple[list[int], Any]]) -> list[Any]:
+        """engine.generate over (prompt ids, params) pairs, in chunks that fit memory."""
+        return self._shrinking(
+            calls, lambda chunk: self._engine.generate([ids for ids, _ in chunk], [p for _, p in chunk])
+        )
+
+    def _response(
+        self,
+        index: int,
+        request: RecordRequest,
+        encoded: dict[int, list[EncodedPrompt]],
+        answers: dict[tuple[int, int, int], Answer],
+        errors: dict[int, str],
+        readings: dict[tuple[int, int, int], LongReading],
+    ) -> RecordResponse:
+        style, model = self.prompts.style, self._model_name
+        tokens, truncated, chunks = _reading_cost(index, encoded.get(index, []), readings)
+        if index in errors:
+            return RecordResponse((), tokens, truncated, style, model, errors[index], chunks)
+        own = tuple(
+            answers[(index, t, q)]
+            for t, template in enumerate(request.templates)
+            for q in range(len(template.questions))
+        )
+        return RecordResponse(own, tokens, truncated, style, model, chunks=chunks)
+
+    def _score(self, prompts: list[list[int]], candidates: list[str], head: tuple[int, ...] | None) -> list[Any]:
+        """Score with the template's head as the shared prefix: computed once, and each prompt's scores then
+        depend on that prompt alone, never on its batch-mates. Scores are only compared among the words, so
+        the engine computes the output layer for the words' tokens alone (restrict_vocab)."""
+        return self._shrinking(
+            prompts,
+            lambda chunk: self._engine.score(chunk, candidates, restrict_vocab=True, shared_prefix=head),
+        )
+
+    def _shrinking(self, items: list[_Item], call: Callable[[list[_Item]], list[_Result]]) -> list[_Result]:
+        """``call`` over ``items`` in chunks; an out-of-memory error halves the chunk size and retries.
+
+        The smaller size sticks for later calls: the batch that ran out of memory is typical of the job.
+        A single request that still runs out of memory raises (the handler dead-letters it alone).
+        """
+        out: list[_Result] = []
+        start = 0
+        while start < len(items):
+            size = min(self._max_call or len(items), len(items) - start)
+            try:
+                results = call(items[start : start + size])
+            except Exception as err:
+                if is_device_failure(err):
+                    self._broken = device_failure(err)
+                    raise self._broken from err
+                if not is_out_of_memory(err) or size == 1:
+                    raise
+                self._max_call = max(1, size // 2)
+                self.oom_retries += 1
+                release_accelerator_memory()
+                _LOG.warning("engine ran out of memory on %d requests; retrying %d at a time", size, self._max_call)
+                continue
+            if len(results) != size:
+                raise RuntimeError(f"internal error: the engine returned {len(results)} results for {size} requests")
+            out.extend(results)
+            start += size
+        return out
+
+
+def _reading_cost(
+    index: int, prompts: list[EncodedPrompt], readings: dict[tuple[int, int, int], LongReading]
+) -> tuple[int, bool, int]:
+    """(prompt tokens read, whether any text was cut, chunks) for one request: each trunk once and every tail
+    of the questions asked in one prompt, plus what reading its long texts in chunks took."""
+    own = {(t, q): reading for (i, t, q), reading in readings.items() if i == index}
+    tokens, truncated = 0, False
+    for t, prompt in enumerate(prompts):
+        asked = [q for q in range(len(prompt.tails)) if (t, q) not in own]
+        if asked:
+            tokens += len(prompt.trunk) + sum(len(prompt.tails[q]) for q in asked)
+            truncated |= prompt.truncated
+    tokens += sum(reading.prompt_tokens for reading in own.values())
+    truncated |= any(reading.truncated for reading in own.values())
+    return tokens, truncated, max((reading.chunks for reading in own.values()), default=1)
