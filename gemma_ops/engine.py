@@ -15,19 +15,27 @@ from pathlib import Path
 
 import torch
 
+from gemma_ops.branching import Branch, Brancher, Tree
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
 from gemma_ops.finish import FinishChecker
 from gemma_ops.kv_cache import KVCache
-from gemma_ops.model import GemmaModel, Segment
+from gemma_ops.model import GemmaModel, PrefixKV, Segment
 from gemma_ops.outputs import Completion, ScoreResult
 from gemma_ops.sampling import SamplingParams, content_seed, make_generator, sample_batch
 from gemma_ops.scheduler import Request, Scheduler
-from gemma_ops.scoring import Scorer
+from gemma_ops.scoring import Scorer, extends_prefix
 from gemma_ops.tokenizer import GemmaTokenizer
 from gemma_ops.weights import load_model
 
 Prompt = str | Sequence[int]
 _GREEDY = SamplingParams()
+
+
+def _failed(branch: Branch, prompt_tokens: int, message: str) -> ScoreResult | Completion:
+    """The result of a branch that could not run."""
+    if branch.scored:
+        return ScoreResult((), prompt_tokens, message)
+    return Completion("", (), "error", prompt_tokens, message)
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,13 @@ class GemmaEngine:
         self._finish = FinishChecker(stop_ids, self.max_context, tokenizer.decode)
         self._caches = KVCacheAllocator(model.config, self.max_context, self.device, self.dtype, cache_shared_by)
         self._scorer = Scorer(model, config.max_batch_tokens, config.max_cached_prefixes)
+        self._brancher = Brancher(model, config.max_batch_tokens)
+        self._prefill_tokens = 0
+
+    @property
+    def tokens_fed(self) -> int:
+        """Prompt tokens run through the model so far (prefills, scoring, shared prefixes): what sharing saves."""
+        return self._prefill_tokens + self._scorer.tokens_fed + self._brancher.tokens_fed
 
     @classmethod
     def from_pretrained(
@@ -134,13 +149,19 @@ class GemmaEngine:
             if error is not None:
                 results[index] = Completion("", (), "error", len(ids), error)
             else:
-                generator = make_generator(p, fallback_seed=content_seed(ids))
-                waiting.append(Request(index, ids, p, generator, stops=self._finish.stop_strings(p)))
+                waiting.append(self._request(index, ids, p))
+        self._generate(waiting, results)
+        return [r for r in results if r is not None]
+
+    def _request(self, index: int, ids: list[int], params: SamplingParams, prefix: PrefixKV | None = None) -> Request:
+        generator = make_generator(params, fallback_seed=content_seed(ids))
+        return Request(index, ids, params, generator, stops=self._finish.stop_strings(params), prefix=prefix)
+
+    def _generate(self, waiting: list[Request], results: list[Completion | None]) -> None:
         if waiting:
             cache = self._caches.get(min(self.config.max_slots, len(waiting)))
             with torch.inference_mode():
                 self._run(Scheduler(waiting, cache, self.config.max_batch_tokens), results)
-        return [r for r in results if r is not None]
 
     def _run(self, scheduler: Scheduler, results: list[Completion | None]) -> None:
         """The engine loop: schedule -> run the model -> postprocess (sample, finish checks, retire)."""
@@ -155,12 +176,14 @@ class GemmaEngine:
         tokens, positions, segments, last_rows = [], [], [], []
         start = 0
         for request in requests:
-            n = len(request.prompt)
-            tokens.extend(request.prompt)
-            positions.append(torch.arange(n))
-            segments.append(Segment(start=start, length=n, slot=request.slot))
+            fed, skip = request.fed, len(request.prompt) - len(request.fed)
+            n = len(fed)
+            tokens.extend(fed)
+            positions.append(torch.arange(skip, skip + n))
+            segments.append(Segment(start=start, length=n, slot=request.slot, prefix=request.prefix))
             last_rows.append(start + n - 1)
             start += n
+        self._prefill_tokens += len(tokens)
         hidden = self.model.forward_packed(
             torch.tensor(tokens, device=self.device),
             torch.cat(positions).to(self.device),
@@ -228,3 +251,43 @@ class GemmaEngine:
         for index, ids in fitting:
             results[index] = ScoreResult(rows[index], len(ids))
         return [r for r in results if r is not None]
+
+    # ---------------------------------------------------------------------------------------- branching
+    def branch(
+        self, trees: Sequence[Tree], *, shared_prefix: Sequence[int] | None = None, restrict_vocab: bool = True
+    ) -> list[list[ScoreResult | Completion]]:
+        """Several questions about each trunk, the trunk read once (see gemma_ops.branching).
+
+        Per tree, one result per branch in order: a ScoreResult (log P of each candidate after trunk + tail) or a
+        Completion. ``shared_prefix``: token ids every trunk starts with, kept between calls as in ``score``."""
+        prefix_ids = tuple(int(t) for t in shared_prefix) if shared_prefix else ()
+        results: list[list[ScoreResult | Completion | None]] = [[None] * len(t.branches) for t in trees]
+        groups: dict[bool, list[tuple[int, Tree]]] = {True: [], False: []}  # extends the shared prefix?
+        for index, tree in enumerate(trees):
+            errors = [self._prompt_error(list(tree.trunk + b.tail), list(tree.trunk + b.tail), b.room)
+                      for b in tree.branches]  # fmt: skip
+            if any(errors):
+                message = next(e for e in errors if e)
+                results[index] = [_failed(b, len(tree.trunk) + len(b.tail), message) for b in tree.branches]
+                continue
+            groups[extends_prefix(tree.trunk, prefix_ids)].append((index, tree))
+        waiting: list[Request] = []
+        flat: list[tuple[int, int]] = []  # generation request index -> (tree, branch)
+        for uses_prefix, members in groups.items():
+            if not members:
+                continue
+            prefix = self._scorer.prefixes.get(prefix_ids) if uses_prefix else None
+            passed = self._brancher.run(members, prefix, restrict_vocab)
+            for index, tree in members:
+                for b, branch in enumerate(tree.branches):
+                    prompt = list(tree.trunk + branch.tail)
+                    if branch.scored:
+                        results[index][b] = ScoreResult(passed.scores[(index, b)], len(prompt))
+                    else:
+                        waiting.append(self._request(len(flat), prompt, branch.params, passed.trunks[index]))
+                        flat.append((index, b))
+        completions: list[Completion | None] = [None] * len(flat)
+        self._generate(waiting, completions)
+        for (index, b), completion in zip(flat, completions, strict=True):
+            results[index][b] = completion
+        return results  # type: ignore[return-value]

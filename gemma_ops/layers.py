@@ -33,15 +33,29 @@ class RMSNorm(nn.Module):
 
 @dataclass(frozen=True)
 class PrefixKV:
-    """Keys/values of a token prefix shared by several sequences, per layer: [kv_heads, P, head_dim] each."""
+    """Keys/values of a token prefix shared by several sequences, per layer: [kv_heads, P, head_dim] each.
+
+    A prefix may extend a ``parent`` (a record's trunk extends the template head that every record shares): it
+    then holds only its own positions' keys and values, and ``tokens`` spells the whole prefix, parent included.
+    """
 
     tokens: tuple[int, ...]
     keys: tuple[torch.Tensor, ...]
     values: tuple[torch.Tensor, ...]
+    parent: PrefixKV | None = None
 
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+    def keys_at(self, layer: int) -> torch.Tensor:
+        """[kv_heads, P, head_dim]: the whole prefix's keys for one layer, the parent's first."""
+        own = self.keys[layer]
+        return own if self.parent is None else torch.cat((self.parent.keys_at(layer), own), dim=1)
+
+    def values_at(self, layer: int) -> torch.Tensor:
+        own = self.values[layer]
+        return own if self.parent is None else torch.cat((self.parent.values_at(layer), own), dim=1)
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,7 @@ class Segment:
     the shared prompt and k > 0 for the k-th candidate continuation; a branch token sees the prompt and its own
     branch only. ``slot`` is the KV-cache slot its keys/values are written to (None: nothing is cached).
     ``prefix``: the sequence continues a shared prefix (its positions start at prefix.length) whose keys and
-    values were computed once.
+    values were computed once; a cached segment's slot then holds the prefix's keys and values too.
     """
 
     start: int
@@ -182,16 +196,16 @@ class Attention(nn.Module):
             seg_k, seg_v = k[rows].transpose(0, 1), v[rows].transpose(0, 1)  # [KVH, n, Dh]
             q_pos = k_pos = positions[rows]
             q_branch = k_branch = seg.branch
-            if cache is not None and seg.slot is not None:
-                cache.write_prompt(self.layer, seg.slot, seg_k, seg_v)
             if seg.prefix is not None:
                 prefix = seg.prefix
-                seg_k = torch.cat((prefix.keys[self.layer], seg_k), dim=1)
-                seg_v = torch.cat((prefix.values[self.layer], seg_v), dim=1)
+                seg_k = torch.cat((prefix.keys_at(self.layer), seg_k), dim=1)
+                seg_v = torch.cat((prefix.values_at(self.layer), seg_v), dim=1)
                 k_pos = torch.cat((torch.arange(prefix.length, device=x.device), q_pos))
                 if q_branch is None:
                     q_branch = torch.zeros_like(q_pos)
                 k_branch = torch.cat((torch.zeros(prefix.length, dtype=q_branch.dtype, device=x.device), q_branch))
+            if cache is not None and seg.slot is not None:  # positions 0 .. prefix + n - 1
+                cache.write_prompt(self.layer, seg.slot, seg_k, seg_v)
             mask = self._segment_mask(q_pos, k_pos, q_branch, k_branch)
             seg_q = q[rows].transpose(0, 1).unsqueeze(0)  # [1, H, n, Dh]
             attended = self._attend(seg_q, seg_k.unsqueeze(0), seg_v.unsqueeze(0), mask, causal=True)

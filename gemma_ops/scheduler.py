@@ -15,6 +15,7 @@ import torch
 
 from gemma_ops.finish import Finish, StopStrings
 from gemma_ops.kv_cache import KVCache
+from gemma_ops.layers import PrefixKV
 from gemma_ops.outputs import Completion, FinishReason
 from gemma_ops.sampling import SamplingParams
 
@@ -33,10 +34,16 @@ class Request:
     params: SamplingParams
     generator: torch.Generator | None  # None for greedy requests
     stops: StopStrings | None = None  # its stop strings' matching state
+    prefix: PrefixKV | None = None  # the prompt starts with these keys/values, computed already: not prefilled
     slot: int = -1
     output: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     text: str | None = None  # set when a stop string cut the text
+
+    @property
+    def fed(self) -> list[int]:
+        """The prompt tokens its prefill runs: those after its prefix."""
+        return self.prompt[self.prefix.length :] if self.prefix is not None else self.prompt
 
     @property
     def last_position(self) -> int:
@@ -108,7 +115,7 @@ class Scheduler:
         admitted: list[Request] = []
         budget = self._max_batch_tokens
         while self.waiting and len(self.running) < self.cache.max_slots:
-            size = len(self.waiting[0].prompt)
+            size = len(self.waiting[0].fed)
             if admitted and size > budget:
                 break
             request = self.waiting.popleft()

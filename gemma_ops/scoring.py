@@ -22,10 +22,11 @@ Logits = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # hidden [
 class PackedScoring:
     """Prompts and their candidate branches packed back to back into one row of T tokens.
 
-    Per prompt: its tokens after the shared prefix, then for candidate b (1-based) every candidate token but the
-    last (the last one is predicted, never fed). ``read_rows[i]`` is the packed row whose hidden state predicts
-    ``targets[i]``: the prompt's last row for a candidate's first token, the previous candidate token's row after.
-    Targets run prompt by prompt, candidate by candidate, token by token.
+    Per prompt: its tokens after the shared prefix, then for candidate b (1-based) its unscored context (a task's
+    question after a shared record, or nothing) and every scored token but the last (the last one is predicted,
+    never fed). ``read_rows[i]`` is the packed row whose hidden state predicts ``targets[i]``: the context's last
+    row (or the prompt's) for a candidate's first token, the previous candidate token's row after. Targets run
+    prompt by prompt, candidate by candidate, token by token.
     """
 
     tokens: tuple[int, ...]  # [T]
@@ -36,10 +37,12 @@ class PackedScoring:
     targets: tuple[int, ...]  # [n_targets]
 
 
-def pack_for_scoring(
-    prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], prefix_length: int
-) -> PackedScoring:
-    """Pack prompts (full ids; their first ``prefix_length`` tokens come from a shared prefix) with candidates."""
+Candidate = tuple[Sequence[int], Sequence[int]]  # (unscored context ids, scored ids)
+
+
+def pack_trees(trees: Sequence[tuple[Sequence[int], Sequence[Candidate]]], prefix_length: int) -> PackedScoring:
+    """Pack (prompt, candidates) trees; each prompt's first ``prefix_length`` tokens come from a shared prefix.
+    A candidate is its unscored context then its scored tokens, branching off the prompt."""
     tokens: list[int] = []
     positions: list[int] = []
     branches: list[int] = []
@@ -47,24 +50,34 @@ def pack_for_scoring(
     read_rows: list[int] = []
     targets: list[int] = []
     skip = prefix_length
-    for full_prompt in prompts:
+    for full_prompt, candidates in trees:
         prompt = full_prompt[skip:]
         start, n = len(tokens), len(prompt)
         tokens.extend(prompt)
         positions.extend(range(skip, skip + n))
         branches.extend([0] * n)
-        for b, ids in enumerate(candidates, start=1):
-            # Branch b feeds ids[:-1] after the prompt; row of ids[j-1] (or the prompt end) predicts ids[j].
+        for b, (context, ids) in enumerate(candidates, start=1):
+            # Branch b feeds context + ids[:-1] after the prompt; the row before each scored token predicts it.
+            fed = [*context, *ids[:-1]]
             branch_start = len(tokens)
-            tokens.extend(ids[:-1])
-            positions.extend(range(skip + n, skip + n + len(ids) - 1))
-            branches.extend([b] * (len(ids) - 1))
-            read_rows.extend([start + n - 1] + [branch_start + j for j in range(len(ids) - 1)])
+            tokens.extend(fed)
+            positions.extend(range(skip + n, skip + n + len(fed)))
+            branches.extend([b] * len(fed))
+            first = branch_start + len(context) - 1 if context else start + n - 1
+            read_rows.extend([first] + [branch_start + len(context) + j for j in range(len(ids) - 1)])
             targets.extend(ids)
         segments.append((start, len(tokens) - start))
     return PackedScoring(
         tuple(tokens), tuple(positions), tuple(branches), tuple(segments), tuple(read_rows), tuple(targets)
     )
+
+
+def pack_for_scoring(
+    prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], prefix_length: int
+) -> PackedScoring:
+    """Pack prompts (full ids; their first ``prefix_length`` tokens come from a shared prefix) with candidates."""
+    branches = [((), ids) for ids in candidates]
+    return pack_trees([(prompt, branches) for prompt in prompts], prefix_length)
 
 
 def split_by_budget(sizes: Sequence[int], budget: int) -> list[list[int]]:
@@ -149,7 +162,12 @@ class Scorer:
     def __init__(self, model: GemmaModel, max_batch_tokens: int, max_cached_prefixes: int) -> None:
         self.model = model
         self.max_batch_tokens = max_batch_tokens
-        self.prefixes = PrefixStore(model.encode_prefix, max_cached_prefixes)
+        self.prefixes = PrefixStore(self._encode_prefix, max_cached_prefixes)
+        self.tokens_fed = 0  # tokens run through the model, shared prefixes included
+
+    def _encode_prefix(self, tokens: list[int]) -> PrefixKV:
+        self.tokens_fed += len(tokens)
+        return self.model.encode_prefix(tokens)
 
     def score(
         self,
@@ -193,6 +211,7 @@ class Scorer:
         """One packed prefill -> per prompt, each candidate's log-probability (the sum over its tokens)."""
         device = self.model.embed.weight.device
         packed = pack_for_scoring(prompts, candidates, prefix.length if prefix is not None else 0)
+        self.tokens_fed += len(packed.tokens)
         segments = [
             Segment(
                 start=start,
