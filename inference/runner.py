@@ -13,28 +13,18 @@ raises ``DeviceFailure`` at once instead of touching the device again.
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
+from gemma_ops.branching import Branch, Tree
 from inference.calibration import Attempts, CalibrationFailed, Priors
-from inference.failures import (
-    DeviceFailure,
-    device_failure,
-    is_device_failure,
-    is_out_of_memory,
-    release_accelerator_memory,
-)
+from inference.calls import ShrinkingCalls
 from inference.long_documents import LongQuestion, LongReading, read_long_texts
 from inference.prompts import EncodedPrompt, PromptEncoder
 from inference.requests import Answer, PromptTemplate, RecordRequest, RecordResponse, RunnerInfo
 from inference.settings import ModelSettings
-
-_LOG = logging.getLogger(__name__)
-_Item = TypeVar("_Item")
-_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -78,9 +68,11 @@ class EngineRunner:
         self._read_long_documents = settings.long_documents == "chunk"
         self._lock = threading.Lock()
         self._priors = Priors(self.prompts, self._score)
-        self._max_call: int | None = None  # requests per engine call; set (and halved) by out-of-memory errors
-        self._broken: DeviceFailure | None = None  # the device failure that made this runner unusable
-        self.oom_retries = 0
+        self._calls = ShrinkingCalls()
+
+    @property
+    def oom_retries(self) -> int:
+        return self._calls.oom_retries
 
     def info(self) -> RunnerInfo:
         return RunnerInfo(self._model_name, self._engine.max_context, self.prompts.style, self._load_seconds)
@@ -88,8 +80,7 @@ class EngineRunner:
     def run(self, requests: Sequence[RecordRequest]) -> list[RecordResponse]:
         """One response per request, in order; a bad request gets a response with ``error`` set."""
         with self._lock:
-            if self._broken is not None:
-                raise self._broken
+            self._calls.check_device()
             encoded: dict[int, list[EncodedPrompt]] = {}
             errors: dict[int, str] = {}
             for i, request in enumerate(requests):
@@ -100,8 +91,10 @@ class EngineRunner:
             asks, long_asks = self._asks(requests, encoded)
             answers: dict[tuple[int, int, int], Answer] = {}
             readings: dict[tuple[int, int, int], LongReading] = {}
-            self._ask_scored([a for a in asks if a.template.questions[a.question].scored], answers, errors)
-            self._ask_generated([a for a in asks if not a.template.questions[a.question].scored], answers, errors)
+            alone = [a for a in asks if len(a.template.questions) == 1]  # asked as one prompt each, as always
+            self._ask_scored([a for a in alone if a.template.questions[a.question].scored], answers, errors)
+            self._ask_generated([a for a in alone if not a.template.questions[a.question].scored], answers, errors)
+            self._ask_shared([a for a in asks if len(a.template.questions) > 1], encoded, answers, errors)
             self._ask_long(long_asks, requests, answers, errors, readings)
             return [
                 self._response(i, request, encoded, answers, errors, readings) for i, request in enumerate(requests)
@@ -136,12 +129,23 @@ class EngineRunner:
                 if result.error:
                     errors.setdefault(ask.request, result.error)
                     continue
-                try:
-                    prior = self._priors.get(ask.template, ask.question, attempts)
-                except CalibrationFailed as err:
-                    errors.setdefault(ask.request, str(err))
-                    continue
-                answers[(ask.request, *ask.key)] = Answer(tuple(float(x) for x in result.logprobs), prior)
+                self._answer_scored(ask, result, answers, errors, attempts)
+
+    def _answer_scored(
+        self,
+        ask: _Ask,
+        result: Any,
+        answers: dict[tuple[int, int, int], Answer],
+        errors: dict[int, str],
+        attempts: Attempts,
+    ) -> None:
+        """A scored question's answer: the words' log-probabilities and their calibration prior."""
+        try:
+            prior = self._priors.get(ask.template, ask.question, attempts)
+        except CalibrationFailed as err:
+            errors.setdefault(ask.request, str(err))
+            return
+        answers[(ask.request, *ask.key)] = Answer(tuple(float(x) for x in result.logprobs), prior)
 
     def _ask_generated(
         self, asks: list[_Ask], answers: dict[tuple[int, int, int], Answer], errors: dict[int, str]
@@ -154,11 +158,45 @@ class EngineRunner:
             if completion.error:
                 errors.setdefault(ask.request, completion.error)
                 continue
-            answers[(ask.request, *ask.key)] = Answer(
-                text=completion.text,
-                finish_reason=completion.finish_reason,
-                output_tokens=len(completion.token_ids),
-            )
+            answers[(ask.request, *ask.key)] = _generated(completion)
+
+    def _ask_shared(
+        self,
+        asks: list[_Ask],
+        encoded: dict[int, list[EncodedPrompt]],
+        answers: dict[tuple[int, int, int], Answer],
+        errors: dict[int, str],
+    ) -> None:
+        """The questions of templates that ask several: each record's trunk is read once (engine.branch), and
+        every question branches off it. Trees are grouped by the head their trunks share."""
+        trees: dict[tuple[int, int], list[_Ask]] = {}  # (request, template) -> its questions asked here
+        for ask in asks:
+            trees.setdefault((ask.request, ask.key[0]), []).append(ask)
+        groups: dict[tuple[int, ...], list[list[_Ask]]] = {}
+        for members in trees.values():
+            groups.setdefault(members[0].head, []).append(members)
+        attempts: Attempts = {}
+        for head, members in groups.items():
+            built = [
+                Tree(tuple(encoded[m[0].request][m[0].key[0]].trunk), tuple(self._branch(a, encoded) for a in m))
+                for m in members
+            ]
+            results = self._calls.run(built, lambda chunk, head=head: self._engine.branch(chunk, shared_prefix=head))
+            for tree_asks, per_branch in zip(members, results, strict=True):
+                for ask, result in zip(tree_asks, per_branch, strict=True):
+                    if result.error:
+                        errors.setdefault(ask.request, result.error)
+                    elif ask.template.questions[ask.question].scored:
+                        self._answer_scored(ask, result, answers, errors, attempts)
+                    else:
+                        answers[(ask.request, *ask.key)] = _generated(result)
+
+    def _branch(self, ask: _Ask, encoded: dict[int, list[EncodedPrompt]]) -> Branch:
+        tail = tuple(encoded[ask.request][ask.key[0]].tails[ask.question])
+        question = ask.template.questions[ask.question]
+        if question.scored:
+            return Branch(tail, candidates=self.prompts.candidate_ids(ask.template, ask.question))
+        return Branch(tail, params=question.params)
 
     def _ask_long(
         self,
@@ -183,7 +221,7 @@ class EngineRunner:
 
     def _generate(self, calls: list[tuple[list[int], Any]]) -> list[Any]:
         """engine.generate over (prompt ids, params) pairs, in chunks that fit memory."""
-        return self._shrinking(
+        return self._calls.run(
             calls, lambda chunk: self._engine.generate([ids for ids, _ in chunk], [p for _, p in chunk])
         )
 
@@ -211,39 +249,14 @@ class EngineRunner:
         """Score with the template's head as the shared prefix: computed once, and each prompt's scores then
         depend on that prompt alone, never on its batch-mates. Scores are only compared among the words, so
         the engine computes the output layer for the words' tokens alone (restrict_vocab)."""
-        return self._shrinking(
+        return self._calls.run(
             prompts,
             lambda chunk: self._engine.score(chunk, candidates, restrict_vocab=True, shared_prefix=head),
         )
 
-    def _shrinking(self, items: list[_Item], call: Callable[[list[_Item]], list[_Result]]) -> list[_Result]:
-        """``call`` over ``items`` in chunks; an out-of-memory error halves the chunk size and retries.
 
-        The smaller size sticks for later calls: the batch that ran out of memory is typical of the job.
-        A single request that still runs out of memory raises (the handler dead-letters it alone).
-        """
-        out: list[_Result] = []
-        start = 0
-        while start < len(items):
-            size = min(self._max_call or len(items), len(items) - start)
-            try:
-                results = call(items[start : start + size])
-            except Exception as err:
-                if is_device_failure(err):
-                    self._broken = device_failure(err)
-                    raise self._broken from err
-                if not is_out_of_memory(err) or size == 1:
-                    raise
-                self._max_call = max(1, size // 2)
-                self.oom_retries += 1
-                release_accelerator_memory()
-                _LOG.warning("engine ran out of memory on %d requests; retrying %d at a time", size, self._max_call)
-                continue
-            if len(results) != size:
-                raise RuntimeError(f"internal error: the engine returned {len(results)} results for {size} requests")
-            out.extend(results)
-            start += size
-        return out
+def _generated(completion: Any) -> Answer:
+    return Answer(text=completion.text, finish_reason=completion.finish_reason, output_tokens=len(completion.token_ids))
 
 
 def _reading_cost(

@@ -49,6 +49,7 @@ class FakeEngine:
         self.score_calls: list[int] = []  # batch sizes seen
         self.shared_prefixes: list[tuple[int, ...] | None] = []  # the shared_prefix of each score call
         self.generate_calls: list[int] = []
+        self.branch_calls: list[int] = []  # trees per branch call
 
     def _text(self, prompt: str | Sequence[int]) -> str:
         return prompt if isinstance(prompt, str) else self.tokenizer.decode(prompt)
@@ -78,6 +79,22 @@ class FakeEngine:
             label = prompt.rsplit('"""', 1)[-1].split("?")[0].split()[-1].lower()
             return (float(document.count(label)) - 5.0, -4.5)
         return tuple(float(sum(document.count(c) for c in CUES.get(w, (w,)))) - 5.0 for w in words)
+
+    def branch(self, trees, *, shared_prefix=None, restrict_vocab: bool = True) -> list[list]:
+        """Each branch asked on its own (trunk + tail), with the same answers score/generate give."""
+        self.branch_calls.append(len(trees))
+        out = []
+        for tree in trees:
+            row = []
+            for branch in tree.branches:
+                prompt = list(tree.trunk + branch.tail)
+                if branch.params is None:
+                    words = [self.tokenizer.decode(ids) for ids in branch.candidates]
+                    row.append(self.score([prompt], words, shared_prefix=shared_prefix)[0])
+                else:
+                    row.append(self.generate([prompt], branch.params)[0])
+            out.append(row)
+        return out
 
     def generate(self, prompts, params: SamplingParams | Sequence[SamplingParams]) -> list[Completion]:
         self.generate_calls.append(len(prompts))
