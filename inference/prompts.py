@@ -103,15 +103,21 @@ class PromptEncoder:
 
     def request_tokens(self, request: RecordRequest) -> int:
         """Tokens a request costs the engine: its prompts (each trunk once, every tail), plus the words it
-        scores or the most it may generate (what ``pipelines.plan`` sizes a job by)."""
+        scores or the most it may generate, plus each explained question's variants after the shared head
+        (what ``pipelines.plan`` sizes a job by)."""
         total = 0
         for template in request.templates:
             total += self.encode(request.fields, template).tokens
             for index, question in enumerate(template.questions):
                 if question.params is not None:
                     total += question.params.max_new_tokens
-                else:
-                    total += sum(len(ids) for ids in self.candidate_ids(template, index))
+                    continue
+                words = sum(len(ids) for ids in self.candidate_ids(template, index))
+                total += words
+                if question.explain:
+                    for text in request.variants:
+                        total += words - len(self.head(template))
+                        total += len(self.encode({**request.fields, TEXT_FIELD: text}, template).full(index))
         return total
 
     def encode(self, values: Mapping[str, str], template: PromptTemplate, reserve: bool = True) -> EncodedPrompt:

@@ -49,16 +49,20 @@ class Question:
     """What is asked at the end of one tail: score ``words`` (each a label's answer), or generate.
 
     ``calibration``: content-free record texts (e.g. "N/A") whose mean word scores come back as the prior,
-    so the parser can remove the model's bias towards some words.
+    so the parser can remove the model's bias towards some words. ``explain``: score the words after each of
+    the request's ``variants`` of the record's text too (``Answer.variants``), for evidence by occlusion.
     """
 
     words: tuple[str, ...] = ()
     params: SamplingParams | None = None
     calibration: tuple[str, ...] = ()
+    explain: bool = False
 
     def __post_init__(self) -> None:
         if (self.params is None) == (not self.words):
             raise ValueError("a question either scores words or generates (SamplingParams), not both or neither")
+        if self.explain and not self.words:
+            raise ValueError("only a scored question can be explained (its words scored on variants of the text)")
         if self.words and (len(self.words) < 2 or len(set(self.words)) != len(self.words)):
             raise ValueError(f"a scored question needs at least two distinct words, got {self.words!r}")
 
@@ -86,10 +90,15 @@ class PromptTemplate:
 
 @dataclass(frozen=True)
 class RecordRequest:
-    """Ask the templates' questions about one record; ``fields`` holds every slot's (untrusted) value."""
+    """Ask the templates' questions about one record; ``fields`` holds every slot's (untrusted) value.
+
+    ``variants``: the record's text with one span left out, each (``transforms.evidence``); the questions
+    that ``explain`` are scored on each of them too, in the same engine call, after the same shared head.
+    """
 
     fields: Mapping[str, str]
     templates: tuple[PromptTemplate, ...]
+    variants: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.templates:
@@ -105,18 +114,24 @@ class Answer:
     text: str = ""
     finish_reason: str = ""  # "stop" | "length" for generated answers
     output_tokens: int = 0  # every engine call of the answer, chunks and reduce steps included
+    variants: tuple[tuple[float, ...], ...] = ()  # explain: log P(word | variant), one row per request variant
 
 
 @dataclass(frozen=True)
 class RecordResponse:
     answers: tuple[Answer, ...]  # one per question, templates in order; empty when ``error`` is set
-    prompt_tokens: int  # tokens the model read for this record: each trunk once, every tail, every chunk
+    # Tokens the model read for this record: each trunk once, every tail, every chunk, and each explained
+    # variant after the shared head.
+    prompt_tokens: int
     truncated: bool
     style: str
     model: str
     error: str | None = None
     chunks: int = 1  # --long_documents chunk: pieces the record's text was read in; 1 when it fit
-    chunks: int = 1  # pieces the document was read in (always 1 for scoring)
+    # The runner call that answered the record: its wall time shared out by the tokens each record read and
+    # wrote (what this record cost the model), and when it ended (Unix seconds).
+    inference_ms: float = 0.0
+    finished_at: float = 0.0
 
     @property
     def output_tokens(self) -> int:

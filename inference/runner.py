@@ -6,6 +6,12 @@ calibration priors once and caches them, reads texts too long for the context in
 questions (--long_documents chunk), halves its calls after an out-of-memory error, and returns one response
 per request in order. Beam-free; a Beam proxy talks to it through its methods only.
 
+A question that ``explain``s is also scored on each of its request's ``variants`` of the text (the text with
+one span left out, ``transforms.evidence``): every variant of every record of the call goes into one scoring
+call with the template's head as the shared prefix (with the records' own prompts too when their template asks
+one question), and their scores come back in ``Answer.variants``. Each response carries the call's wall time
+shared out by tokens (``inference_ms``) and when the call ended.
+
 Failures stay with the requests they belong to: a failed calibration prior fails only the requests that need
 it (tried once per call, never cached), and a broken accelerator marks the runner broken, so every later call
 raises ``DeviceFailure`` at once instead of touching the device again.
@@ -13,7 +19,9 @@ raises ``DeviceFailure`` at once instead of touching the device again.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +31,7 @@ from inference.calibration import Attempts, CalibrationFailed, Priors
 from inference.calls import ShrinkingCalls
 from inference.long_documents import LongQuestion, LongReading, read_long_texts
 from inference.prompts import EncodedPrompt, PromptEncoder
-from inference.requests import Answer, PromptTemplate, RecordRequest, RecordResponse, RunnerInfo
+from inference.requests import TEXT_FIELD, Answer, PromptTemplate, RecordRequest, RecordResponse, RunnerInfo
 from inference.settings import ModelSettings
 
 
@@ -36,6 +44,7 @@ class _Ask:
     key: tuple[int, int]  # (template index, question index) within the request
     prompt: list[int]
     head: tuple[int, ...]
+    variant: int | None = None  # explain: the index of the request's variant of the text this prompt reads
 
     @property
     def question(self) -> int:
@@ -81,6 +90,7 @@ class EngineRunner:
         """One response per request, in order; a bad request gets a response with ``error`` set."""
         with self._lock:
             self._calls.check_device()
+            started = time.perf_counter()
             encoded: dict[int, list[EncodedPrompt]] = {}
             errors: dict[int, str] = {}
             for i, request in enumerate(requests):
@@ -89,16 +99,26 @@ class EngineRunner:
                 except ValueError as err:
                     errors[i] = str(err)
             asks, long_asks = self._asks(requests, encoded)
+            variants = self._variant_asks(requests, encoded, errors)
             answers: dict[tuple[int, int, int], Answer] = {}
             readings: dict[tuple[int, int, int], LongReading] = {}
             alone = [a for a in asks if len(a.template.questions) == 1]  # asked as one prompt each, as always
-            self._ask_scored([a for a in alone if a.template.questions[a.question].scored], answers, errors)
+            scored = [a for a in alone if a.template.questions[a.question].scored] + variants
+            variant_scores = self._ask_scored(scored, answers, errors)
             self._ask_generated([a for a in alone if not a.template.questions[a.question].scored], answers, errors)
             self._ask_shared([a for a in asks if len(a.template.questions) > 1], encoded, answers, errors)
             self._ask_long(long_asks, requests, answers, errors, readings)
-            return [
-                self._response(i, request, encoded, answers, errors, readings) for i, request in enumerate(requests)
+            for key, rows in variant_scores.items():
+                if key in answers:
+                    answers[key] = dataclasses.replace(answers[key], variants=tuple(rows[v] for v in sorted(rows)))
+            variant_tokens = [0] * len(requests)
+            for ask in variants:
+                variant_tokens[ask.request] += len(ask.prompt) - len(ask.head)
+            responses = [
+                self._response(i, request, encoded, answers, errors, readings, variant_tokens[i])
+                for i, request in enumerate(requests)
             ]
+            return _timed(responses, time.perf_counter() - started, time.time())
 
     def _asks(
         self, requests: Sequence[RecordRequest], encoded: dict[int, list[EncodedPrompt]]
@@ -115,21 +135,46 @@ class EngineRunner:
                     (long_asks if chunked else asks).append(ask)
         return asks, long_asks
 
+    def _variant_asks(
+        self, requests: Sequence[RecordRequest], encoded: dict[int, list[EncodedPrompt]], errors: dict[int, str]
+    ) -> list[_Ask]:
+        """The explained questions' prompts over each variant of their request's text (after the same head)."""
+        asks: list[_Ask] = []
+        for i, prompts in encoded.items():
+            request = requests[i]
+            for t, template in enumerate(request.templates):
+                for q, question in enumerate(template.questions):
+                    if not (question.explain and request.variants):
+                        continue
+                    for v, text in enumerate(request.variants):
+                        try:
+                            ids = self.prompts.encode({**request.fields, TEXT_FIELD: text}, template).full(q)
+                        except ValueError as err:
+                            errors.setdefault(i, f"explain: {err}")
+                            break
+                        asks.append(_Ask(i, template, (t, q), ids, prompts[t].head, variant=v))
+        return [ask for ask in asks if ask.request not in errors]
+
     def _ask_scored(
         self, asks: list[_Ask], answers: dict[tuple[int, int, int], Answer], errors: dict[int, str]
-    ) -> None:
-        """Scored questions, grouped by their candidates and the head their prompts share."""
+    ) -> dict[tuple[int, int, int], dict[int, tuple[float, ...]]]:
+        """Scored questions, grouped by their candidates and the head their prompts share; an explained
+        question's variants join its group (one engine call), and their scores are returned by question."""
         groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[_Ask]] = {}
         for ask in asks:
             groups.setdefault((self.prompts.candidates(ask.template, ask.question), ask.head), []).append(ask)
         attempts: Attempts = {}  # this call's priors, failures included
+        variants: dict[tuple[int, int, int], dict[int, tuple[float, ...]]] = {}
         for (candidates, head), members in groups.items():
             results = self._score([ask.prompt for ask in members], list(candidates), head)
             for ask, result in zip(members, results, strict=True):
                 if result.error:
                     errors.setdefault(ask.request, result.error)
-                    continue
-                self._answer_scored(ask, result, answers, errors, attempts)
+                elif ask.variant is not None:
+                    variants.setdefault((ask.request, *ask.key), {})[ask.variant] = tuple(map(float, result.logprobs))
+                else:
+                    self._answer_scored(ask, result, answers, errors, attempts)
+        return variants
 
     def _answer_scored(
         self,
@@ -233,9 +278,11 @@ class EngineRunner:
         answers: dict[tuple[int, int, int], Answer],
         errors: dict[int, str],
         readings: dict[tuple[int, int, int], LongReading],
+        variant_tokens: int,
     ) -> RecordResponse:
         style, model = self.prompts.style, self._model_name
         tokens, truncated, chunks = _reading_cost(index, encoded.get(index, []), readings)
+        tokens += variant_tokens  # each explained variant, after the shared head
         if index in errors:
             return RecordResponse((), tokens, truncated, style, model, errors[index], chunks)
         own = tuple(
@@ -257,6 +304,16 @@ class EngineRunner:
 
 def _generated(completion: Any) -> Answer:
     return Answer(text=completion.text, finish_reason=completion.finish_reason, output_tokens=len(completion.token_ids))
+
+
+def _timed(responses: list[RecordResponse], seconds: float, finished_at: float) -> list[RecordResponse]:
+    """Responses with the call's wall time shared out by the tokens each read and wrote, and its end time."""
+    weights = [r.prompt_tokens + r.output_tokens if not r.error else 0 for r in responses]
+    total = sum(weights) or 1
+    return [
+        dataclasses.replace(r, inference_ms=1000.0 * seconds * w / total, finished_at=finished_at)
+        for r, w in zip(responses, weights, strict=True)
+    ]
 
 
 def _reading_cost(

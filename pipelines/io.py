@@ -6,6 +6,7 @@ Lines are read as bytes so that invalid UTF-8 is a dead letter, not a crashed jo
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from dataclasses import dataclass
@@ -242,8 +243,13 @@ def output_prefix(output: str, name: str) -> str:
     return FileSystems.join(output.rstrip("/") or output, name)
 
 
+def _json_value(value: Any) -> str:
+    """What JSON cannot hold as is: dates and times as ISO-8601 text, anything else as its str."""
+    return value.isoformat() if isinstance(value, (datetime.date, datetime.datetime)) else str(value)
+
+
 def _to_json(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False, default=str)
+    return json.dumps(row, ensure_ascii=False, default=_json_value)
 
 
 def error_json(letter: DeadLetter) -> str:

@@ -11,6 +11,7 @@ the new work). Records are matched to earlier rows by a CoGroupByKey on the key,
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from common import metrics
 from common.fingerprint import result_key
 from common.records import Record
 from common.text import extra_json
+from transforms.task import TIMING_COLUMNS
 
 SKIPPED_TAG = "skipped"
 CARRY, DROP = "carry", "drop"
@@ -48,15 +50,18 @@ def _rows_of(readable: fileio.ReadableFile) -> Iterator[dict[str, Any]]:
 
 
 def carried_row(row: dict[str, Any], schema: pa.Schema) -> dict[str, Any] | None:
-    """An earlier row in this run's schema (maps as dicts, pass-through fields as a JSON string), or None
-    when it lacks one of the schema's columns (it was written by another version: run the record again)."""
-    if any(name not in row for name in schema.names):
+    """An earlier row in this run's schema (maps as dicts, timestamps as datetimes, pass-through fields as a
+    JSON string), or None when it lacks one of the schema's columns (it was written by another version: run
+    the record again). Timing columns, which older versions did not write, are null when missing."""
+    if any(name not in row and name not in TIMING_COLUMNS for name in schema.names):
         return None
-    out = {name: row[name] for name in schema.names}
+    out = {name: row.get(name) for name in schema.names}
     for field in schema:
         value = out[field.name]
         if pa.types.is_map(field.type) and isinstance(value, list):  # Parquet maps read as (key, value) pairs
             out[field.name] = dict(value)
+        elif pa.types.is_timestamp(field.type) and isinstance(value, str):  # JSON Lines hold ISO text
+            out[field.name] = datetime.datetime.fromisoformat(value)
     if not isinstance(out.get("extra"), str):  # JSON Lines hold the pass-through fields as an object
         out["extra"] = extra_json(out.get("extra") or {})
     return out

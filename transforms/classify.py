@@ -4,6 +4,7 @@ The label is always one of the label set, whatever the record says: the model is
 label, only to score each one. Scores are calibrated by dividing out the model's prior for each label (its
 probabilities after a content-free input such as "N/A"), which removes a base model's habit of preferring
 some label words regardless of the text. Below ``min_confidence`` a row abstains: no label, ``abstained``.
+With ``explain`` a single-label task adds ``evidence``: the words its decision rests on (``transforms.evidence``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from inference.requests import Answer, Piece, Question
+from transforms.evidence import EVIDENCE_TYPE, MAX_TOP_K, Explain, Span, top_evidence
 from transforms.examples import Example, load_examples
 from transforms.prompting import CHAT, DELIMITER, record_block
 from transforms.task import Task
@@ -62,6 +64,25 @@ class Label:
 LABEL_KEYS = ("name", "description", "word")
 
 
+def parse_explain(value: Any, place: str, multi_label: bool) -> Explain | None:
+    """A task file's ``explain:``: true, false, or {top_k: N}; single-label tasks only."""
+    if value is False or value is None:
+        return None
+    if multi_label:
+        raise TaskFileError(
+            f"{place}: explain works on single-label tasks (one chosen label to explain); remove it or "
+            "multi_label: true"
+        )
+    if value is True:
+        return Explain()
+    top_k = value.get("top_k") if isinstance(value, dict) else None
+    if set(value) - {"top_k"} or not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
+        raise TaskFileError(
+            f"{place}: expected true, false or {{top_k: N}} with N from 1 to {MAX_TOP_K}, got {value!r}"
+        )
+    return Explain(top_k)
+
+
 def parse_label_entries(raw: list[Any], place: str) -> tuple[Label, ...]:
     """A task file's labels: bare names or {name, description, word}; at least two, names and words distinct."""
     labels = []
@@ -86,7 +107,10 @@ def parse_label_entries(raw: list[Any], place: str) -> tuple[Label, ...]:
 
 
 class ClassifyTask(Task):
-    """Columns: label (or labels), confidence, label_scores, and abstained when min_confidence is set."""
+    """Columns: label (or labels), confidence, label_scores, abstained when min_confidence is set, and
+    evidence with explain."""
+
+    explain: Explain | None = None
 
     def __init__(
         self,
@@ -101,6 +125,7 @@ class ClassifyTask(Task):
         label_question: str = DEFAULT_LABEL_QUESTION,
         min_confidence: float | None = None,
         calibrate: bool = True,
+        explain: Explain | None = None,
     ) -> None:
         self.name = name
         self.labels = labels
@@ -112,6 +137,14 @@ class ClassifyTask(Task):
         self.label_question = label_question
         self.min_confidence = min_confidence
         self.calibration = DEFAULT_CALIBRATION if calibrate else ()
+        if explain is not None:
+            if multi_label:
+                raise ValueError("explain works on single-label tasks")
+            self.explain = explain  # set only when on: a task without it keeps its fingerprint (result_key)
+
+    @property
+    def explains(self) -> bool:
+        return self.explain is not None
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any], source: str, read: Callable[[str], bytes]) -> ClassifyTask:
@@ -142,6 +175,7 @@ class ClassifyTask(Task):
             label_question=raw.get("label_question", DEFAULT_LABEL_QUESTION),
             min_confidence=raw.get("min_confidence"),
             calibrate=raw.get("calibrate", True),
+            explain=parse_explain(raw.get("explain"), where(source, name, "explain"), multi),
         )
 
     # -- prompt
@@ -181,7 +215,8 @@ class ClassifyTask(Task):
 
     def questions(self) -> tuple[Question, ...]:
         if not self.multi_label:
-            return (Question(words=tuple(label.word for label in self.labels), calibration=self.calibration),)
+            words = tuple(label.word for label in self.labels)
+            return (Question(words=words, calibration=self.calibration, explain=self.explains),)
         return tuple(Question(words=YES_NO, calibration=self.calibration) for _ in self.labels)
 
     # -- columns
@@ -212,6 +247,19 @@ class ClassifyTask(Task):
                 columns["labels" if self.multi_label else "label"] = None
         return columns
 
+    def evidence(self, answers: tuple[Answer, ...], spans: tuple[Span, ...]) -> list[dict[str, Any]]:
+        """The spans whose removal most lowers the top label's calibrated probability (the chosen label, or
+        the one the row abstained on), with their drops; [] for a record too short to leave a span out."""
+        (answer,) = answers
+        if self.explain is None or not spans:
+            return []
+        if len(answer.variants) != len(spans):
+            raise ValueError(f"{len(answer.variants)} variant scores for {len(spans)} spans of the text")
+        scores = label_probabilities(answer.logprobs, answer.prior)
+        best = max(range(len(scores)), key=scores.__getitem__)
+        without = [label_probabilities(row, answer.prior)[best] for row in answer.variants]
+        return top_evidence(spans, scores[best], without, self.explain.top_k)
+
     def fields(self) -> list[pa.Field]:
         abstains = self.min_confidence is not None
         label_type = pa.list_(pa.string()) if self.multi_label else pa.string()
@@ -222,4 +270,6 @@ class ClassifyTask(Task):
         ]
         if abstains:
             fields.append(pa.field("abstained", pa.bool_(), nullable=False))
+        if self.explains:
+            fields.append(pa.field("evidence", EVIDENCE_TYPE, nullable=False))
         return fields

@@ -5,6 +5,7 @@ Template's parameter, ``plan`` and the pipeline all read these tables, so a task
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from common.files import read_bytes
 from transforms.classify import ClassifyTask, parse_labels
 from transforms.generate import GenerateTask
 from transforms.task import Task, TaskSet
-from transforms.taskfile import TaskFile, TaskFileError, load_task_file, parse_task_file
+from transforms.taskfile import TaskFile, TaskFileError, load_task_file, parse_task_file, where
 
 if TYPE_CHECKING:
     from transforms.settings import TaskSettings
@@ -53,16 +54,42 @@ def tasks_help() -> str:
 def build_task_set(file: TaskFile, read: Reader = read_bytes, prefixed: bool = True) -> TaskSet:
     """Every task of a checked task file, built by its kind (which checks the kind's own rules)."""
     tasks = tuple(KINDS[raw["kind"]](raw, file, read) for raw in file.tasks)
-    return TaskSet(tasks, file.input_label, prefixed=prefixed)
+    gold = {raw["name"]: raw["gold"] for raw in file.tasks if "gold" in raw}
+    for raw in file.tasks:
+        if "gold" in raw and raw.get("multi_label"):
+            raise TaskFileError(
+                f"{where(file.source, raw['name'], 'gold')}: gold labels are scored for single-label tasks; "
+                "remove gold: or multi_label: true"
+            )
+    return TaskSet(tasks, file.input_label, prefixed=prefixed, gold_fields=gold)
+
+
+def with_gold_field(file: TaskFile, field: str) -> TaskFile:
+    """--gold_field for a task file: it names the known label of the file's one classify task."""
+    classify = [n for n, raw in enumerate(file.tasks) if raw["kind"] == "classify"]
+    if len(classify) != 1:
+        raise TaskFileError(
+            f"{file.source}: --gold_field scores a file's one classify task, and this file has {len(classify)}; "
+            "write gold: FIELD on each classify task instead"
+        )
+    tasks = list(file.tasks)
+    tasks[classify[0]] = {**tasks[classify[0]], "gold": field}
+    return dataclasses.replace(file, tasks=tuple(tasks))
 
 
 def _shortcut_overrides(kind: str, settings: TaskSettings) -> dict[str, Any]:
     """What the shortcut flags write over a shipped task."""
     if kind == "classify":
-        overrides: dict[str, Any] = {"calibrate": settings.calibrate}
+        overrides: dict[str, Any] = {"calibrate": settings.calibrate, "explain": settings.explain}
         if settings.labels:
             overrides["labels"] = list(settings.labels)
+        if settings.gold_field:
+            overrides["gold"] = settings.gold_field
         return overrides
+    scored_only = [flag for flag, on in (("--explain", settings.explain), ("--gold_field", settings.gold_field)) if on]
+    if scored_only:
+        verb = "work" if len(scored_only) > 1 else "works"
+        raise ValueError(f"{' and '.join(scored_only)} {verb} with the scored tasks (sentiment, classify)")
     return {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature, "seed": settings.seed}
 
 
@@ -90,7 +117,8 @@ def shortcut(name: str, **flags: Any) -> TaskSet:
 def make_task_set(settings: TaskSettings, read: Reader = read_bytes) -> TaskSet:
     """The tasks a job runs: its --task_file, or its --task shortcut. ValueError says what to fix."""
     if settings.task_file:
-        return build_task_set(load_task_file(settings.task_file, read), read)
+        file = load_task_file(settings.task_file, read)
+        return build_task_set(with_gold_field(file, settings.gold_field) if settings.gold_field else file, read)
     if settings.task not in SHORTCUTS:
         raise ValueError(f"unknown task {settings.task!r}; expected one of {', '.join(SHORTCUTS)} or --task_file")
     return shortcut_task_set(settings.task, settings)

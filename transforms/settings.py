@@ -8,6 +8,7 @@ from common.settings import INTEGER, problems, raise_problems, setting
 from transforms.registry import make_task_set, task_names, tasks_help
 
 LABEL_LIST = r"^[^,]+(,[^,]+)+$"
+FIELD_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +44,20 @@ class TaskSettings:
         help="sentiment/classify: use raw label scores instead of dividing out the label prior "
         "measured on a content-free input.",
     )
+    explain: bool = setting(
+        False,
+        help="sentiment/classify: add an evidence column, the 3 words or phrases whose removal most lowers the "
+        "chosen label's probability, each with that drop (occlusion: up to 32 extra scored prompts per record, "
+        "each about the record's length). Task files: explain: true on a classify task.",
+    )
+    gold_field: str | None = setting(
+        None,
+        metavar="FIELD",
+        pattern=FIELD_NAME,
+        help="Input field holding each record's known label: the run report (report.html) and the summary give "
+        "accuracy, macro-F1, calibration error (ECE) and coverage against accuracy for min_confidence. With "
+        "--task_file it scores the file's one classify task (several: gold: FIELD on each).",
+    )
 
     def __post_init__(self) -> None:
         raise_problems(problems(self, TaskSettings) + TaskSettings.task_problems(self))
@@ -52,15 +67,16 @@ class TaskSettings:
         """What keeps the tasks from being built with these settings (a broken task file, classify without
         labels, a shortcut flag beside a task file)."""
         if settings.task_file:
-            shortcut_flags = [
-                f
-                for f, set_ in (("--labels", bool(settings.labels)), ("--no_calibration", not settings.calibrate))
-                if set_
-            ]
+            flags = (
+                ("--labels", bool(settings.labels)),
+                ("--no_calibration", not settings.calibrate),
+                ("--explain", settings.explain),
+            )
+            shortcut_flags = [f for f, set_ in flags if set_]
             if shortcut_flags:
                 return [
                     f"{', '.join(shortcut_flags)} tune the --task shortcuts; with --task_file, write the "
-                    "same in the task file (labels:, calibrate: false)"
+                    "same in the task file (labels:, calibrate: false, explain: true)"
                 ]
         elif settings.task not in task_names():
             return []  # the declared choices already say so

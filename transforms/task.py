@@ -3,13 +3,16 @@ one request and turns the answers into one row with every task's columns.
 
 A task is a small frozen object with a few jobs: its section of the prompt's shared head (instructions, labels,
 examples), the tails it asks after the record, the questions at the end of those tails, and how it turns the
-answers into its typed columns. Tasks hold no Beam or torch state.
+answers into its typed columns. Tasks hold no Beam or torch state. A task that ``explains`` its decision also
+gets its ``evidence`` from the request's variants of the text (``transforms.evidence``).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +31,7 @@ from inference.requests import (
     Rendering,
     Slot,
 )
+from transforms.evidence import Span, spans, variants
 from transforms.prompting import CHAT, DATA_NOTE, DELIMITER
 
 STYLES = ("completion", CHAT)
@@ -40,7 +44,13 @@ LINEAGE_FIELDS = [
     pa.field("run_id", pa.string(), nullable=False),
     pa.field("result_key", pa.string(), nullable=False),  # common.fingerprint: what --skip_done matches on
     pa.field("extra", pa.string(), nullable=False),
+    # The model call that answered the record: its wall time shared out by tokens (what this record cost),
+    # and when it ended; the run report's throughput and slowest records.
+    # Null in rows carried (--skip_done) from a version that did not record them.
+    pa.field("inference_ms", pa.float64(), nullable=True),
+    pa.field("inferred_at", pa.timestamp("ms", tz="UTC"), nullable=True),
 ]
+TIMING_COLUMNS = ("inference_ms", "inferred_at")  # differ between two runs of the same job
 
 
 class InferenceError(RuntimeError):
@@ -89,6 +99,15 @@ class Task(ABC):
         """A standalone task's own prompt (trunk and tails)."""
         raise NotImplementedError(f"{type(self).__name__} shares the record block; it has no prompt of its own")
 
+    @property
+    def explains(self) -> bool:
+        """Whether the task's rows carry ``evidence`` (its questions are scored on variants of the text)."""
+        return False
+
+    def evidence(self, answers: tuple[Answer, ...], spans: tuple[Span, ...]) -> list[dict[str, Any]]:
+        """The ``evidence`` column: the spans the answer rests on, with their drops."""
+        raise NotImplementedError(f"{type(self).__name__} does not explain its answers")
+
 
 class TaskSet:
     """Tasks asked together about each record: one request, one row.
@@ -97,14 +116,27 @@ class TaskSet:
     today's unprefixed columns and a ``task`` column.
     """
 
-    def __init__(self, tasks: tuple[Task, ...], input_label: str = "Text", prefixed: bool = True) -> None:
+    def __init__(
+        self,
+        tasks: tuple[Task, ...],
+        input_label: str = "Text",
+        prefixed: bool = True,
+        gold_fields: Mapping[str, str] | None = None,
+    ) -> None:
+        """``gold_fields``: task name -> the input field holding its known label (the run report scores the
+        task against it); it changes no row, so it is not part of the fingerprint."""
         if not tasks:
             raise ValueError("a task set needs at least one task")
         if not prefixed and len(tasks) != 1:
             raise ValueError("unprefixed columns need exactly one task")
+        unknown = sorted(set(gold_fields or {}) - {task.name for task in tasks})
+        if unknown:
+            raise ValueError(f"gold fields for tasks that are not in the set: {unknown}")
         self.tasks = tasks
         self.input_label = input_label
         self.prefixed = prefixed
+        self.gold_fields = dict(gold_fields or {})
+        self.explains = any(task.explains for task in tasks)
         self.templates, self._spans = self._templates()
         self._slots = sorted(set().union(*(task.slots() for task in tasks)))
 
@@ -161,7 +193,8 @@ class TaskSet:
                     f"the record has no field {name!r}, which a prompt of {self.name} names "
                     f"(fields: {sorted(record.extra)[:10]})"
                 )
-        return RecordRequest(values, self.templates)
+        found = variants(record.text, spans(record.text)) if self.explains else ()
+        return RecordRequest(values, self.templates, found)
 
     def fingerprint(self) -> str:
         """A hash of what decides the rows: every task's fingerprint, the input label, the column naming."""
@@ -192,9 +225,14 @@ class TaskSet:
         row: dict[str, Any] = {"id": record.id}
         if not self.prefixed:
             row["task"] = self.tasks[0].name
+        occluded = spans(record.text) if self.explains else ()
         for task, (template, first, count) in zip(self.tasks, self._spans, strict=True):
             start = offsets[template] + first
-            for key, value in task.columns(response.answers[start : start + count]).items():
+            answers = response.answers[start : start + count]
+            columns = task.columns(answers)
+            if task.explains:
+                columns["evidence"] = task.evidence(answers, occluded)
+            for key, value in columns.items():
                 row[f"{task.name}_{key}" if self.prefixed else key] = value
         row.update(
             truncated=response.truncated or record.truncated,
@@ -205,5 +243,7 @@ class TaskSet:
             run_id=run_id,
             result_key=result_key(record.id, record.text, fingerprint),
             extra=extra_json(record.extra),
+            inference_ms=response.inference_ms,
+            inferred_at=datetime.datetime.fromtimestamp(response.finished_at, datetime.timezone.utc),
         )
         return row

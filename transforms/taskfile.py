@@ -6,6 +6,8 @@ before any worker starts. Every error names the file, the task and the key, and 
       - name: topic                # column prefix: topic_label, topic_confidence, ...
         kind: classify
         labels: [{name: price, description: cost, value for money}, quality]
+        explain: true              # optional: topic_evidence, the words the label rests on
+        gold: topic_label          # optional: input field with the known label; the run report scores it
       - name: note
         kind: generate
         prompt: "One sentence for the support lead:"
@@ -24,6 +26,7 @@ from typing import Any
 from common.errors import UserInputError
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # a column prefix every sink accepts (BigQuery included)
+FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")  # an input field name (as --text_field takes it)
 
 
 class TaskFileError(UserInputError):
@@ -80,6 +83,14 @@ KEYS: dict[str, dict[str, Key]] = {
         ),
         "min_confidence": Key(_fraction, "a probability between 0 and 1; rows below it abstain"),
         "calibrate": Key(lambda v: isinstance(v, bool), "true or false"),
+        "explain": Key(
+            lambda v: isinstance(v, (bool, dict)),
+            "true, or {top_k: 3}: an evidence column with the words the chosen label rests on",
+        ),
+        "gold": Key(
+            lambda v: isinstance(v, str) and bool(FIELD.match(v)),
+            "the input field holding each record's known label, e.g. label (the run report scores the task)",
+        ),
     },
     "generate": {
         **COMMON_KEYS,

@@ -111,6 +111,14 @@ def test_estimate_tokens_counts_bytes_and_output_budget():
     assert estimate_tokens(ScoreRequest("é")) == (len('Review: """é"""\nSentiment:'.encode()) // 3) + 1 + 6
 
 
+def test_estimate_tokens_weighs_explained_variants_with_their_tail():
+    question = Question(words=LABELS, explain=True)
+    template = PromptTemplate(COMPLETION, CHAT, (question,))
+    request = RecordRequest({"text": "ab cd"}, (template,), variants=("cd", "ab"))
+    size = len('Review: """ab cd"""\nSentiment:') + 2 * len('cd"""\nSentiment:')
+    assert estimate_tokens(request) == size // 3 + 1 + 6 * 3  # the words scored after the record and 2 variants
+
+
 def test_handler_rejects_bad_settings_with_a_hint():
     with pytest.raises(ValueError, match="batch_max_tokens"):
         GemmaModelHandler(ModelSettings(batch_max_tokens=0))

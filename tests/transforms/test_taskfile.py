@@ -69,7 +69,7 @@ def classify(extra: str = "", labels: str = "[billing, shipping]") -> str:
             classify("    lables: [a]\n"),
             "t.yaml: task 'topic': unknown key 'lables'; did you mean 'labels'? the keys of a classify task are: "
             "name, kind, instructions, examples, labels, question, multi_label, threshold, label_question, "
-            "min_confidence, calibrate",
+            "min_confidence, calibrate, explain, gold",
         ),
         (
             "tasks:\n  - name: topic\n    kind: translate\n",

@@ -16,6 +16,7 @@ from common.text import prompt_safe, strip_control_chars
 from inference.handler import GemmaModelHandler
 from inference.requests import Answer, RecordResponse, Slot
 from inference.settings import ModelSettings
+from tests.matchers import timing
 from tests.transforms.fakes import fake_engine_factory, fake_resolver
 from transforms.classify import label_probabilities, parse_labels
 from transforms.infer import InferTask
@@ -56,6 +57,7 @@ def scoring_row(record_id, labels, scores, extra, prompt_tokens, text):
         "run_id": RUN_ID,
         "result_key": result_key(record_id, text, FINGERPRINT),
         "extra": json.dumps(extra, sort_keys=True),
+        **timing(),
     }
 
 
@@ -144,6 +146,7 @@ def test_summarize_rows_are_cleaned_of_echoes_and_control_tokens():
             "run_id": RUN_ID,
             "result_key": result_key(record_id, text, FINGERPRINT),
             "extra": "{}",
+            **timing(),
         }
 
     expected = [row("s1", "The battery lasts", 4, records[0].text), row("s2", "Short", 2, "Short")]
