@@ -10,7 +10,7 @@ TASK ?= sentiment
 MODEL ?= embedded
 ARGS ?=
 
-.PHONY: setup run-local test lint format bench clean
+.PHONY: setup run-local report browser test lint format bench clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,19 @@ run-local: setup
 	$(PY) -m pipelines.batch_inference --input $(INPUT) --output $(OUTPUT) --task $(TASK) --model $(MODEL) \
 		--runner DirectRunner $(ARGS)
 
-test: setup
+# The run report of a published output folder (local or gs://), made again: OUTPUT/report.html and report.json.
+report: setup
+	$(PY) -m pipelines.report $(OUTPUT)
+
+# Chromium from Debian's packages, for the report's headless-browser test (Playwright's own browser download
+# is not used). Quick when it is there already; installs it (as root, or through sudo) when it is not.
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) is still missing after apt-get install chromium" >&2; exit 1; }
+
+test: setup browser
 	$(PY) -m pytest -q tests
 
 lint: setup

@@ -24,6 +24,8 @@ setup(
         "pyarrow>=14",
         "numpy>=1.24",
         "pyyaml>=6",
+        # The run report's charts: the job writes report.html when it publishes, so workers need it.
+        "matplotlib>=3.8",
     ],
     # The task files the --task shortcuts run.
     package_data={"transforms": ["tasks/*.yaml"]},
@@ -36,6 +38,8 @@ setup(
             "hypothesis>=6.100",
             "ruff==0.14.*",
             "gcp-storage-emulator>=2024.8.3",
+            # Drives Debian's Chromium (make browser) in the report's headless-browser test.
+            "playwright>=1.45",
             # BigQuery emulator for tests/dataflow; duckdb pinned with its spatial extension from PyPI
             # (bqemulator runs INSTALL spatial at start-up; an unpinned duckdb 2.0 tries to download it).
             "bqemulator==1.4.0; python_version >= '3.11'",

@@ -12,6 +12,7 @@ ERRORS = "errors"
 ERRORS_BY_STAGE_PREFIX = "errors_"  # one counter per stage: errors_read, errors_inference, ...
 ACCOUNTED_RECORDS = "accounted_records"
 SKIPPED_DONE = "skipped_done"  # --skip_done: records whose result was already there
+REPORT_FAILURES = "report_failures"  # the run report could not be made after publishing
 
 # Engine counters.
 PROMPT_TOKENS = "prompt_tokens"

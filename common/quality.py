@@ -1,8 +1,10 @@
-"""How good a set of labels is against gold labels: accuracy, macro-F1, macro recall and expected calibration
-error. Pure Python, used by the benchmarks, `make tune` and runs that carry gold labels."""
+"""How good a set of labels is against gold labels: accuracy, macro-F1, macro recall, expected calibration
+error with its reliability bins, and coverage against accuracy for abstention thresholds. Pure Python, used by
+the benchmarks, `make tune` and the run report of runs whose records carry gold labels (--gold_field)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,18 +40,76 @@ def quality(gold: Sequence[str], predicted: Sequence[str | None], labels: Sequen
     return Quality(len(gold), correct / len(gold), sum(f1s) / len(f1s), sum(recalls) / len(recalls))
 
 
-def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by how many rows each holds."""
+@dataclass(frozen=True)
+class Bin:
+    """One confidence bin of a reliability diagram: rows with confidence in (low, high]."""
+
+    low: float
+    high: float
+    count: int
+    mean_confidence: float
+    accuracy: float
+
+
+def reliability(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> list[Bin]:
+    """The non-empty equal-width confidence bins with their mean confidence and accuracy: a model whose
+    confidence means what it says has accuracy close to confidence in every bin."""
     if len(confidence) != len(correct):
         raise ValueError(f"{len(confidence)} confidences for {len(correct)} outcomes")
     if not confidence:
         raise ValueError("no predictions to calibrate")
-    total = 0.0
-    for b in range(bins):
-        low, high = b / bins, (b + 1) / bins
-        members = [i for i, c in enumerate(confidence) if low < c <= high or (b == 0 and c == 0.0)]
-        if members:
-            accuracy = sum(correct[i] for i in members) / len(members)
-            mean_confidence = sum(confidence[i] for i in members) / len(members)
-            total += len(members) * abs(accuracy - mean_confidence)
-    return total / len(confidence)
+    members: list[list[int]] = [[] for _ in range(bins)]
+    for i, c in enumerate(confidence):
+        members[_bin_of(c, bins)].append(i)
+    return [
+        Bin(
+            b / bins,
+            (b + 1) / bins,
+            len(rows),
+            sum(confidence[i] for i in rows) / len(rows),
+            sum(correct[i] for i in rows) / len(rows),
+        )
+        for b, rows in enumerate(members)
+        if rows
+    ]
+
+
+def _bin_of(confidence: float, bins: int) -> int:
+    """The bin (b/bins, (b+1)/bins] holding ``confidence`` (0 goes to the first), compared exactly as written
+    (0.3 * 10 is 3.0000000000000004 in floating point, yet 0.3 belongs to (0.2, 0.3])."""
+    b = min(max(math.ceil(confidence * bins) - 1, 0), bins - 1)
+    while b > 0 and confidence <= b / bins:
+        b -= 1
+    while b < bins - 1 and confidence > (b + 1) / bins:
+        b += 1
+    return b
+
+
+def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by how many rows each holds."""
+    found = reliability(confidence, correct, bins)
+    return sum(b.count * abs(b.accuracy - b.mean_confidence) for b in found) / len(confidence)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Abstaining below ``threshold``: the share of rows still answered, and how many of those are right."""
+
+    threshold: float
+    coverage: float
+    answered: int
+    accuracy: float | None  # None when no row is answered
+
+
+def coverage_curve(confidence: Sequence[float], correct: Sequence[bool], thresholds: Sequence[float]) -> list[Coverage]:
+    """Coverage against accuracy for each ``min_confidence`` threshold (a row abstains below it)."""
+    if len(confidence) != len(correct):
+        raise ValueError(f"{len(confidence)} confidences for {len(correct)} outcomes")
+    if not confidence:
+        raise ValueError("no predictions to score")
+    out = []
+    for threshold in thresholds:
+        kept = [ok for c, ok in zip(confidence, correct, strict=True) if c >= threshold]
+        accuracy = sum(kept) / len(kept) if kept else None
+        out.append(Coverage(threshold, len(kept) / len(confidence), len(kept), accuracy))
+    return out

@@ -1,7 +1,8 @@
 """CLI: ``python -m pipelines.batch_inference --input ... --output ... --task sentiment|classify|summarize``.
 
 Runs the job on the chosen Beam runner (DirectRunner locally, DataflowRunner in production), shows progress
-while it runs and prints a summary at the end: rows written, errors, tokens, wall time and output files.
+while it runs and prints a summary at the end: rows written, errors, tokens, wall time, output files, the run
+report, and each task's accuracy, macro-F1 and calibration error when the records carry gold labels.
 
 Exit codes: 0 the run finished and published; 1 the run failed (over --max_error_rate, or a worker error):
 nothing was published and the report says why, with the top dead-letter reasons; 2 the run could not start
@@ -29,6 +30,7 @@ from pipelines.pipeline import build_pipeline
 from pipelines.preflight import preflight
 from pipelines.progress import PROGRESS_LOGGER, summarize_run
 from pipelines.publish import staging_dir
+from pipelines.report import summary_lines
 from transforms.registry import make_task_set
 from transforms.task import TaskSet
 
@@ -105,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nrun {config.run_id} ended {result.state}: nothing was published", file=sys.stderr)
         return 1
     summary = summarize_run(result, results_prefix, errors_prefix, time.monotonic() - started)
-    print("\n".join(["", f"run {config.run_id} finished ({result.state})", *summary.lines()]))
+    report = summary_lines(config.output, config.run_id)
+    print("\n".join(["", f"run {config.run_id} finished ({result.state})", *summary.lines(), *report]))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""The pipeline builder: read -> task (request, RunInference, parse) -> write results and dead letters."""
+"""The pipeline builder: read -> task (request, RunInference, parse) -> write results and dead letters ->
+check the accounting -> publish -> write the run report."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pipelines.io import ReadRecords, RecordSpec, WriteErrors, WriteResults, out
 from pipelines.options import JobConfig
 from pipelines.progress import ReportProgress
 from pipelines.publish import Publish, staging_dir
+from pipelines.report.step import WriteReport
+from pipelines.run_info import RunInfo
 from pipelines.skip_done import SkipDone
 from transforms.infer import InferTask
 from transforms.registry import make_task_set
@@ -98,7 +101,9 @@ def build_pipeline(
         checked_errors = errors | "ErrorsAfterAccounting" >> AfterCheck(checked)
         _ = checked_rows | "LoadResults" >> LoadPartition(config.output_table, task.schema(), config.run_date)
         _ = checked_errors | "LoadErrors" >> WriteErrorsToBigQuery(config.output_table, config.run_id, config.run_date)
-    _ = (checked,) | "Publish" >> Publish(config.output, staging, config.run_id)
+    run = RunInfo.of(config, task).to_dict()
+    published = (checked,) | "Publish" >> Publish(config.output, staging, config.run_id, run)
+    _ = published | "Report" >> WriteReport(config.output, config.run_id)
     return JobOutputs(
         records=records,
         rows=rows,

@@ -7,7 +7,8 @@ cheap (``gemma_ops.checkpoints.check_model``): file headers and listings, never 
 Every {field} a task's prompt names must be in the input: a field no sampled record has is a mistake in the
 task file (or in --text_field/--id_field), so the run stops with a message naming the file, the task and the
 key. A field only some records lack is a property of those records: each of them becomes a dead letter that
-says which field was missing.
+says which field was missing. A gold-label field (--gold_field, gold:) must be in the input too; a record
+without one is not scored.
 """
 
 from __future__ import annotations
@@ -67,12 +68,26 @@ def check_prompt_fields(tasks: TaskSet, records: Sequence[Record], source: str) 
                 )
 
 
+def check_gold_fields(tasks: TaskSet, records: Sequence[Record], source: str) -> None:
+    """Raise TaskFileError for a gold-label field (--gold_field, gold:) that none of ``records`` has."""
+    seen = set().union(*(record.extra for record in records)) if records else set()
+    for name, field in sorted(tasks.gold_fields.items()):
+        if field not in seen:
+            fields = ", ".join(sorted(seen)) or "none besides text and id"
+            raise TaskFileError(
+                f"{where(source, name, 'gold')}: the gold label field {field!r} is in none of the first "
+                f"{len(records)} input records (fields: {fields}); name the field that holds each record's label"
+            )
+
+
 def preflight(config: JobConfig, tasks: TaskSet) -> None:
     """Everything that must hold before the job starts; raises UserInputError (TaskFileError is one) on the
     first problem."""
     check_input(config.input)
     check_model(config.model)
-    if not any(task.slots() - set(ALWAYS_PRESENT) for task in tasks.tasks):
+    if not tasks.gold_fields and not any(task.slots() - set(ALWAYS_PRESENT) for task in tasks.tasks):
         return
     sample = read_sample(config.input, RecordSpec.of(config), SAMPLE_RECORDS, config.input_format)
-    check_prompt_fields(tasks, sample.records, config.task_file or f"--task {config.task}")
+    source = config.task_file or f"--task {config.task}"
+    check_prompt_fields(tasks, sample.records, source)
+    check_gold_fields(tasks, sample.records, source)

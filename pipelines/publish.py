@@ -11,9 +11,10 @@ inspection.
   each other's files as stale mid-swap; the later one replaces the earlier one's files whole.
 - The swap is restartable: a manifest of the staged names is written first, so a retried publish (Dataflow
   retries a failed bundle) finishes the move instead of deleting what an earlier attempt moved.
-- The output keeps ``_PUBLISHED.json`` (the run and its files): a retry that finds the staging folder empty
-  goes the "already published" way only when that record names its own run. A staging folder that cannot be
-  listed is an error, never taken for "nothing to publish".
+- The output keeps ``_PUBLISHED.json`` (the run, its files, and what the run was: ``pipelines.run_info``, which
+  the run report reads): a retry that finds the staging folder empty goes the "already published" way only
+  when that record names its own run. A staging folder that cannot be listed is an error, never taken for
+  "nothing to publish".
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -58,6 +60,11 @@ def _job_files(folder: str) -> list[str]:
     return [p for kind in OUTPUT_KINDS for p in _match(FileSystems.join(folder, f"{kind}-*"))]
 
 
+def read_published(output: str) -> dict | None:
+    """The output folder's ``_PUBLISHED.json`` (run_id, files, run), or None before any run published."""
+    return _read_json(FileSystems.join(output.rstrip("/") or output, PUBLISHED))
+
+
 def _read_json(path: str) -> dict | None:
     if not FileSystems.exists(path):
         return None
@@ -70,8 +77,9 @@ def _write_json(path: str, content: dict) -> None:
         handle.write(json.dumps(content).encode("utf-8"))
 
 
-def publish(output: str, staging: str, run_id: str) -> list[str]:
-    """Replace the job's files in ``output`` with the staged ones; returns the published paths.
+def publish(output: str, staging: str, run_id: str, run: Mapping[str, Any] | None = None) -> list[str]:
+    """Replace the job's files in ``output`` with the staged ones; returns the published paths. ``run``: what
+    the run was (``RunInfo.to_dict()``), kept in ``_PUBLISHED.json`` for the run report.
 
     Idempotent: calling it again after a partial or complete publish ends in the same state.
     """
@@ -88,7 +96,10 @@ def publish(output: str, staging: str, run_id: str) -> list[str]:
         else:
             names = list(found["files"])
         _swap(output, staging, names)
-        _write_json(FileSystems.join(output, PUBLISHED), {"run_id": run_id, "files": names})
+        record: dict[str, Any] = {"run_id": run_id, "files": names}
+        if run is not None:
+            record["run"] = dict(run)
+        _write_json(FileSystems.join(output, PUBLISHED), record)
         _remove_staging(staging)
     return sorted(FileSystems.join(output, name) for name in names)
 
@@ -133,11 +144,12 @@ def _remove_staging(staging: str) -> None:
 class Publish(beam.PTransform):
     """After every PCollection in ``after`` is complete, swap the staged files into the output folder."""
 
-    def __init__(self, output: str, staging: str, run_id: str) -> None:
+    def __init__(self, output: str, staging: str, run_id: str, run: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self._output = output
         self._staging = staging
         self._run_id = run_id
+        self._run = dict(run) if run is not None else None
 
     def expand(self, after: Iterable[beam.PCollection]):
         pcolls = list(after)
@@ -145,9 +157,9 @@ class Publish(beam.PTransform):
             raise ValueError("Publish needs the write steps it must wait for")
         pipeline = pcolls[0].pipeline
         waits = {f"wait{i}": beam.pvalue.AsList(p) for i, p in enumerate(pcolls)}
-        output, staging, run_id = self._output, self._staging, self._run_id
+        output, staging, run_id, run = self._output, self._staging, self._run_id, self._run
         return (
             pipeline
             | "Once" >> beam.Create([None])
-            | "Swap" >> beam.FlatMap(lambda _, **_waits: publish(output, staging, run_id), **waits)
+            | "Swap" >> beam.FlatMap(lambda _, **_waits: publish(output, staging, run_id, run), **waits)
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.quality import expected_calibration_error, quality
+from common.quality import coverage_curve, expected_calibration_error, quality, reliability
 
 
 def test_quality_by_hand():
@@ -24,3 +24,32 @@ def test_expected_calibration_error_by_hand():
     # bin (0.9, 1.0]: confidence 0.95, right -> |1 - 0.95| = 0.05 over 1 row
     assert expected_calibration_error([0.85, 0.85, 0.95], [True, False, True]) == pytest.approx((2 * 0.35 + 0.05) / 3)
     assert expected_calibration_error([1.0, 1.0], [True, True]) == 0.0
+
+
+def test_reliability_bins_by_hand():
+    bins = reliability([0.05, 0.85, 0.85, 0.95, 0.9], [False, True, False, True, True])
+    assert [(b.low, b.high, b.count) for b in bins] == [
+        (0.0, pytest.approx(0.1), 1),
+        (pytest.approx(0.8), pytest.approx(0.9), 3),  # 0.9 is in (0.8, 0.9]
+        (pytest.approx(0.9), 1.0, 1),
+    ]
+    assert bins[1].mean_confidence == pytest.approx(2.6 / 3) and bins[1].accuracy == pytest.approx(2 / 3)
+    assert reliability([0.0], [True])[0].low == 0.0  # zero confidence lands in the first bin
+
+
+def test_coverage_curve_by_hand():
+    confidence = [0.4, 0.6, 0.7, 0.9]
+    correct = [False, False, True, True]
+    curve = coverage_curve(confidence, correct, [0.0, 0.6, 0.95])
+    assert [(c.threshold, c.coverage, c.answered, c.accuracy) for c in curve] == [
+        (0.0, 1.0, 4, 0.5),
+        (0.6, 0.75, 3, pytest.approx(2 / 3)),
+        (0.95, 0.0, 0, None),
+    ]
+
+
+def test_bin_edges_are_exact():
+    values = [i / 10 for i in range(11)] + [0.30000000000000004, 0.7000000000000001]
+    got = [(b.low, b.count) for b in reliability(values, [True] * len(values))]
+    # 0.3 and 0.7 at their bins' top edges; the values just above them in the next bins up
+    assert got == [(0.0, 2), (0.1, 1), (0.2, 1), (0.3, 2), (0.4, 1), (0.5, 1), (0.6, 1), (0.7, 2), (0.8, 1), (0.9, 1)]
