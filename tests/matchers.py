@@ -33,3 +33,17 @@ class RecentUtc:
 def timing() -> dict[str, Any]:
     """The timing columns of a row made just now, as expected-row entries."""
     return {"inference_ms": PositiveFloat(), "inferred_at": RecentUtc()}
+
+
+def untimed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows without their timing columns, for comparing two runs of the same job."""
+    from transforms.task import TIMING_COLUMNS
+
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+
+
+def untimed_responses(responses: list[Any]) -> list[Any]:
+    """Runner responses with their timing zeroed, for comparing two runs of the same requests."""
+    import dataclasses
+
+    return [dataclasses.replace(r, inference_ms=0.0, finished_at=0.0) for r in responses]

@@ -244,6 +244,7 @@ class TaskSet:
             result_key=result_key(record.id, record.text, fingerprint),
             extra=extra_json(record.extra),
             inference_ms=response.inference_ms,
-            inferred_at=datetime.datetime.fromtimestamp(response.finished_at, datetime.timezone.utc),
+            # to the millisecond, as the schema declares: JSON Lines and Parquet rows then say the same
+            inferred_at=datetime.datetime.fromtimestamp(round(response.finished_at, 3), datetime.timezone.utc),
         )
         return row

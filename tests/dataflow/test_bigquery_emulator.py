@@ -22,7 +22,8 @@ from transforms.registry import shortcut
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 RUN_DATE = datetime.date(2026, 11, 23)
-SCHEMA = shortcut("sentiment").schema()
+SCHEMA = shortcut("sentiment", explain=True).schema()  # evidence: a REPEATED RECORD of (text, drop)
+INFERRED_AT = datetime.datetime(2026, 11, 23, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)
 
 
 def result_row(i: int, run_id: str = "run-1") -> dict:
@@ -40,6 +41,9 @@ def result_row(i: int, run_id: str = "run-1") -> dict:
         "run_id": run_id,
         "result_key": f"key-{i}",
         "extra": "{}",
+        "evidence": [{"text": "great", "drop": 0.25}, {"text": "fast delivery", "drop": 0.125}][: i % 3],
+        "inference_ms": 12.5,
+        "inferred_at": INFERRED_AT,
     }
 
 
@@ -99,6 +103,9 @@ def test_schema_partitioning_rows_and_errors_table(emulators, undecorated):
         "run_id": ("STRING", "REQUIRED"),
         "result_key": ("STRING", "REQUIRED"),
         "extra": ("STRING", "REQUIRED"),
+        "evidence": ("RECORD", "REPEATED"),
+        "inference_ms": ("FLOAT", "NULLABLE"),
+        "inferred_at": ("TIMESTAMP", "NULLABLE"),
         "run_date": ("DATE", "REQUIRED"),
     }
     scores = next(f for f in table.schema if f.name == "label_scores")
@@ -124,6 +131,14 @@ def test_schema_partitioning_rows_and_errors_table(emulators, undecorated):
         ("neutral", 0.19),
         ("positive", 0.51),
     ]
+
+    evidence = query(client, "SELECT e.text, e.drop FROM first.sentiment, UNNEST(evidence) AS e WHERE id = 'r2'")
+    assert sorted(evidence, key=lambda e: -e["drop"]) == [
+        {"text": "great", "drop": 0.25},
+        {"text": "fast delivery", "drop": 0.125},
+    ]
+    timing = query(client, "SELECT inference_ms, inferred_at FROM first.sentiment WHERE id = 'r1'")
+    assert timing == [{"inference_ms": 12.5, "inferred_at": INFERRED_AT}]
 
     errors = query(client, "SELECT id, stage, error, input, run_id, run_date FROM first.sentiment_errors ORDER BY id")
     assert [(e["id"], e["stage"], e["run_id"], e["run_date"]) for e in errors] == [

@@ -75,6 +75,8 @@ def test_max_error_rate_1_opts_out(two_records, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "_PUBLISHED.json",
         "errors-00000-of-00001.jsonl",
+        "report.html",
+        "report.json",
         "results-00000-of-00001.parquet",
     ]
 

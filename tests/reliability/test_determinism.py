@@ -15,6 +15,7 @@ import pytest
 from inference.handler import GemmaModelHandler
 from inference.settings import ModelSettings
 from pipelines.options import JobConfig
+from tests.matchers import untimed
 from tests.reliability.jobs import error_rows, result_rows, run_job
 from transforms.task import TIMING_COLUMNS
 
@@ -42,10 +43,6 @@ def _run(model: Path, source: Path, out: Path, batch_max_tokens: int, **job) -> 
     summary = run_job(config, handler)
     assert error_rows(summary) == []
     return sorted(result_rows(summary), key=lambda r: r["id"]), summary.batches
-
-
-def untimed(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
 
 
 @pytest.fixture

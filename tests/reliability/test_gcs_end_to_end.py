@@ -52,7 +52,13 @@ def test_gs_input_output_and_model(gcs, tiny_gemma3, tmp_path, monkeypatch):
     assert time.monotonic() - started < 60  # no ~25 s credential retries
 
     names = sorted(blob.name for blob in gcs.list_blobs("out"))
-    assert names == ["run/_PUBLISHED.json", "run/errors-00000-of-00001.jsonl", "run/results-00000-of-00001.parquet"]
+    assert names == [
+        "run/_PUBLISHED.json",
+        "run/errors-00000-of-00001.jsonl",
+        "run/report.html",
+        "run/report.json",
+        "run/results-00000-of-00001.parquet",
+    ]
     assert summary.result_files == ("gs://out/run/results-00000-of-00001.parquet",)
     table = pq.read_table(io.BytesIO(outputs.blob("run/results-00000-of-00001.parquet").download_as_bytes()))
     rows = sorted(table.to_pylist(), key=lambda r: r["id"])
