@@ -113,3 +113,33 @@ def coverage_curve(confidence: Sequence[float], correct: Sequence[bool], thresho
         accuracy = sum(kept) / len(kept) if kept else None
         out.append(Coverage(threshold, len(kept) / len(confidence), len(kept), accuracy))
     return out
+
+
+def rescaled(probabilities: Sequence[float], temperature: float) -> list[float]:
+    """A probability vector with its log-odds divided by ``temperature`` (temperature scaling): above 1 it is
+    flattened (less sure), below 1 sharpened; the order of the labels never changes."""
+    if temperature <= 0:
+        raise ValueError(f"a temperature must be > 0, got {temperature}")
+    logs = [math.log(max(p, 1e-300)) / temperature for p in probabilities]
+    top = max(logs)
+    weights = [math.exp(x - top) for x in logs]
+    return [w / sum(weights) for w in weights]
+
+
+TEMPERATURES = tuple(round(0.05 * 1.03**i, 6) for i in range(180))  # 0.05 to about 10, 3% apart
+
+
+def fit_temperature(probabilities: Sequence[Sequence[float]], gold: Sequence[int]) -> float:
+    """The temperature (from ``TEMPERATURES``) under which the gold labels are most likely (least negative
+    log-likelihood): the one scalar that makes confidence match accuracy best on these rows."""
+    if len(probabilities) != len(gold):
+        raise ValueError(f"{len(probabilities)} probability rows for {len(gold)} gold labels")
+    if not gold:
+        raise ValueError("no labelled rows to fit a temperature on")
+
+    def loss(temperature: float) -> float:
+        return -sum(
+            math.log(max(rescaled(p, temperature)[g], 1e-300)) for p, g in zip(probabilities, gold, strict=True)
+        )
+
+    return min(TEMPERATURES, key=loss)

@@ -32,6 +32,7 @@ class TaskInfo:
     min_confidence: float | None = None
     gold_field: str | None = None
     explain: bool = False
+    confidence_temperature: float = 1.0
     output: str = ""  # generate: the column holding the text
 
     def column(self, name: str) -> str:
@@ -92,6 +93,7 @@ def task_infos(tasks: TaskSet) -> tuple[TaskInfo, ...]:
                     min_confidence=task.min_confidence,
                     gold_field=tasks.gold_fields.get(task.name),
                     explain=task.explains,
+                    confidence_temperature=task.confidence_temperature,
                 )
             )
         else:

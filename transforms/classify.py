@@ -3,8 +3,10 @@
 The label is always one of the label set, whatever the record says: the model is never asked to write the
 label, only to score each one. Scores are calibrated by dividing out the model's prior for each label (its
 probabilities after a content-free input such as "N/A"), which removes a base model's habit of preferring
-some label words regardless of the text. Below ``min_confidence`` a row abstains: no label, ``abstained``.
-With ``explain`` a single-label task adds ``evidence``: the words its decision rests on (``transforms.evidence``).
+some label words regardless of the text. ``confidence_temperature`` rescales the probabilities so that
+confidence matches accuracy (temperature scaling; the run report fits it on records with gold labels). Below
+``min_confidence`` a row abstains: no label, ``abstained``. With ``explain`` a single-label task adds
+``evidence``: the words its decision rests on (``transforms.evidence``).
 """
 
 from __future__ import annotations
@@ -41,11 +43,14 @@ def parse_labels(value: str | Sequence[str]) -> tuple[str, ...]:
     return labels
 
 
-def label_probabilities(logprobs: Sequence[float], prior: Sequence[float] | None) -> list[float]:
-    """Softmax over the labels of log P(label | text) - log P(label | content-free), or of the raw scores."""
+def label_probabilities(
+    logprobs: Sequence[float], prior: Sequence[float] | None, temperature: float = 1.0
+) -> list[float]:
+    """Softmax over the labels of (log P(label | text) - log P(label | content-free)) / temperature, or of the
+    raw scores without a prior."""
     if prior is not None and len(prior) != len(logprobs):
         raise ValueError(f"{len(prior)} prior scores for {len(logprobs)} labels")
-    adjusted = [lp - (prior[i] if prior is not None else 0.0) for i, lp in enumerate(logprobs)]
+    adjusted = [(lp - (prior[i] if prior is not None else 0.0)) / temperature for i, lp in enumerate(logprobs)]
     if not adjusted or not all(math.isfinite(x) for x in adjusted):
         raise ValueError(f"label scores must be finite numbers, got {list(logprobs)!r}")
     top = max(adjusted)
@@ -111,6 +116,7 @@ class ClassifyTask(Task):
     evidence with explain."""
 
     explain: Explain | None = None
+    confidence_temperature: float = 1.0
 
     def __init__(
         self,
@@ -126,6 +132,7 @@ class ClassifyTask(Task):
         min_confidence: float | None = None,
         calibrate: bool = True,
         explain: Explain | None = None,
+        confidence_temperature: float = 1.0,
     ) -> None:
         self.name = name
         self.labels = labels
@@ -141,6 +148,10 @@ class ClassifyTask(Task):
             if multi_label:
                 raise ValueError("explain works on single-label tasks")
             self.explain = explain  # set only when on: a task without it keeps its fingerprint (result_key)
+        if confidence_temperature <= 0:
+            raise ValueError(f"confidence_temperature must be > 0, got {confidence_temperature}")
+        if confidence_temperature != 1.0:  # likewise: only a changed scale changes the fingerprint
+            self.confidence_temperature = float(confidence_temperature)
 
     @property
     def explains(self) -> bool:
@@ -176,6 +187,7 @@ class ClassifyTask(Task):
             min_confidence=raw.get("min_confidence"),
             calibrate=raw.get("calibrate", True),
             explain=parse_explain(raw.get("explain"), where(source, name, "explain"), multi),
+            confidence_temperature=raw.get("confidence_temperature", 1.0),
         )
 
     # -- prompt
@@ -224,7 +236,7 @@ class ClassifyTask(Task):
     def columns(self, answers: tuple[Answer, ...]) -> dict[str, Any]:
         names = [label.name for label in self.labels]
         if self.multi_label:
-            yes = [label_probabilities(a.logprobs, a.prior)[0] for a in answers]
+            yes = [label_probabilities(a.logprobs, a.prior, self.confidence_temperature)[0] for a in answers]
             chosen: Any = [name for name, p in zip(names, yes, strict=True) if p >= self.threshold]
             confidence = min(max(p, 1.0 - p) for p in yes)  # how sure the least sure decision is
             scores = yes
@@ -232,7 +244,7 @@ class ClassifyTask(Task):
             (answer,) = answers
             if len(answer.logprobs) != len(names):
                 raise ValueError(f"{len(answer.logprobs)} scores for {len(names)} labels")
-            scores = label_probabilities(answer.logprobs, answer.prior)
+            scores = label_probabilities(answer.logprobs, answer.prior, self.confidence_temperature)
             best = max(range(len(scores)), key=scores.__getitem__)
             chosen, confidence = names[best], scores[best]
         columns = {
@@ -255,9 +267,10 @@ class ClassifyTask(Task):
             return []
         if len(answer.variants) != len(spans):
             raise ValueError(f"{len(answer.variants)} variant scores for {len(spans)} spans of the text")
-        scores = label_probabilities(answer.logprobs, answer.prior)
+        scale = self.confidence_temperature
+        scores = label_probabilities(answer.logprobs, answer.prior, scale)
         best = max(range(len(scores)), key=scores.__getitem__)
-        without = [label_probabilities(row, answer.prior)[best] for row in answer.variants]
+        without = [label_probabilities(row, answer.prior, scale)[best] for row in answer.variants]
         return top_evidence(spans, scores[best], without, self.explain.top_k)
 
     def fields(self) -> list[pa.Field]:

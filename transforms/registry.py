@@ -81,12 +81,19 @@ def _shortcut_overrides(kind: str, settings: TaskSettings) -> dict[str, Any]:
     """What the shortcut flags write over a shipped task."""
     if kind == "classify":
         overrides: dict[str, Any] = {"calibrate": settings.calibrate, "explain": settings.explain}
+        if settings.confidence_temperature != 1.0:
+            overrides["confidence_temperature"] = settings.confidence_temperature
         if settings.labels:
             overrides["labels"] = list(settings.labels)
         if settings.gold_field:
             overrides["gold"] = settings.gold_field
         return overrides
-    scored_only = [flag for flag, on in (("--explain", settings.explain), ("--gold_field", settings.gold_field)) if on]
+    scored = (
+        ("--explain", settings.explain),
+        ("--gold_field", settings.gold_field),
+        ("--confidence_temperature", settings.confidence_temperature != 1.0),
+    )
+    scored_only = [flag for flag, on in scored if on]
     if scored_only:
         verb = "work" if len(scored_only) > 1 else "works"
         raise ValueError(f"{' and '.join(scored_only)} {verb} with the scored tasks (sentiment, classify)")

@@ -44,6 +44,14 @@ class TaskSettings:
         help="sentiment/classify: use raw label scores instead of dividing out the label prior "
         "measured on a content-free input.",
     )
+    confidence_temperature: float = setting(
+        1.0,
+        minimum=0.01,
+        maximum=100.0,
+        help="sentiment/classify: divide the label log-odds by this before the softmax (temperature scaling) so "
+        "that confidence matches accuracy; the run report fits it on records with --gold_field. Task files: "
+        "confidence_temperature: on a classify task.",
+    )
     explain: bool = setting(
         False,
         help="sentiment/classify: add an evidence column, the 3 words or phrases whose removal most lowers the "
@@ -71,12 +79,13 @@ class TaskSettings:
                 ("--labels", bool(settings.labels)),
                 ("--no_calibration", not settings.calibrate),
                 ("--explain", settings.explain),
+                ("--confidence_temperature", settings.confidence_temperature != 1.0),
             )
             shortcut_flags = [f for f, set_ in flags if set_]
             if shortcut_flags:
                 return [
                     f"{', '.join(shortcut_flags)} tune the --task shortcuts; with --task_file, write the "
-                    "same in the task file (labels:, calibrate: false, explain: true)"
+                    "same in the task file (labels:, calibrate: false, explain: true, confidence_temperature:)"
                 ]
         elif settings.task not in task_names():
             return []  # the declared choices already say so

@@ -83,6 +83,10 @@ KEYS: dict[str, dict[str, Key]] = {
         ),
         "min_confidence": Key(_fraction, "a probability between 0 and 1; rows below it abstain"),
         "calibrate": Key(lambda v: isinstance(v, bool), "true or false"),
+        "confidence_temperature": Key(
+            lambda v: _is_number(v) and 0 < v <= 100,
+            "a number > 0 that rescales confidence (below 1 surer, above 1 less sure); the run report fits it",
+        ),
         "explain": Key(
             lambda v: isinstance(v, (bool, dict)),
             "true, or {top_k: 3}: an evidence column with the words the chosen label rests on",

@@ -86,6 +86,11 @@ def summary_lines(output: str, run_id: str) -> list[str]:
             f"quality:       {name} vs {quality['gold_field']} (n={quality['labelled']}): accuracy "
             f"{quality['accuracy']:.3f}, macro-F1 {quality['macro_f1']:.3f}, ECE {quality['ece']:.3f}"
         )
+        if quality.get("fitted_temperature") is not None:
+            lines.append(
+                f"               confidence_temperature {quality['fitted_temperature']:.2f} would make ECE "
+                f"{quality['fitted_ece']:.3f} on these rows (fitted on them: check it on another labelled set)"
+            )
         own = [c for c in quality["coverage"] if c["threshold"] == quality.get("min_confidence")]
         for c in own:
             accuracy = "-" if c["accuracy"] is None else f"{c['accuracy']:.3f}"

@@ -12,6 +12,7 @@ from typing import Any
 from pipelines.report import charts
 from pipelines.report.collect import ReportData, RowView
 from pipelines.report.tally import TaskFigures, TaskQuality
+from pipelines.run_info import TaskInfo
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
@@ -116,6 +117,9 @@ def _quality(task: TaskFigures, quality: TaskQuality) -> str:
     ]
     if quality.outside_labels:
         figures.append(("gold labels outside the label set (counted wrong)", quality.outside_labels))
+    if quality.fitted_temperature is not None:
+        figures.append(("confidence_temperature fitted on these rows", f"{quality.fitted_temperature:.2f}"))
+        figures.append(("ECE with it, on these same rows", f"{quality.fitted_ece:.3f}"))
     coverage = [
         (f"{c.threshold:g}" + (" (this task's)" if c.threshold == info.min_confidence else ""), f"{c.coverage:.1%}",
          c.answered, "—" if c.accuracy is None else f"{c.accuracy:.3f}")
@@ -130,7 +134,20 @@ def _quality(task: TaskFigures, quality: TaskQuality) -> str:
             image(charts.coverage_accuracy(quality.coverage, f"{info.name}: coverage vs accuracy"), "coverage"),
             "</div><p>Abstaining below min_confidence: what is answered and how right it is.</p>",
             table(("min_confidence", "coverage", "answered", "accuracy"), coverage, numeric=(1, 2, 3)),
+            _temperature_note(info, quality),
         ]
+    )
+
+
+def _temperature_note(info: TaskInfo, quality: TaskQuality) -> str:
+    if quality.fitted_temperature is None:
+        return ""
+    return (
+        f'<p class="note">Confidence would match accuracy best here with confidence_temperature '
+        f"{quality.fitted_temperature:.2f} (this run: {info.confidence_temperature:g}; below 1 surer, above 1 less "
+        "sure). It was fitted on "
+        f"these rows, so measure it on another labelled set before using it for {esc(info.name)} "
+        "(--confidence_temperature, or confidence_temperature: in a task file).</p>"
     )
 
 

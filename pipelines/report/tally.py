@@ -1,9 +1,10 @@
 """One task's numbers for the run report, gathered row by row: label counts, the confidence histogram, and,
-when the records carry gold labels, accuracy, macro-F1, calibration (ECE, reliability bins) and coverage
-against accuracy for abstention thresholds (``common.quality``).
+when the records carry gold labels, accuracy, macro-F1, calibration (ECE, reliability bins), coverage
+against accuracy for abstention thresholds, and the confidence_temperature that would make confidence match
+accuracy on these rows (``common.quality``).
 
-Only the rows with a gold label keep a (gold, label, confidence) triple each: gold labels are for evaluation
-sets, which are small; every other number is a counter.
+Only the rows with a gold label keep their label probabilities: gold labels are for evaluation sets, which are
+small; every other number is a counter.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.quality import Bin, Coverage, coverage_curve, expected_calibration_error, quality, reliability
+from common.quality import (
+    Bin,
+    Coverage,
+    coverage_curve,
+    expected_calibration_error,
+    fit_temperature,
+    quality,
+    reliability,
+    rescaled,
+)
 from pipelines.run_info import CLASSIFY, TaskInfo
 
 CONFIDENCE_BINS = 20
@@ -35,6 +45,11 @@ class TaskQuality:
     ece: float
     reliability: tuple[Bin, ...]
     coverage: tuple[Coverage, ...]
+    # The confidence_temperature under which these gold labels are likeliest (the run's own times the one
+    # fitted to its probabilities), and the ECE it gives on the same rows: optimistic, to be checked on
+    # another labelled set.
+    fitted_temperature: float | None
+    fitted_ece: float | None
 
     def at(self, threshold: float) -> Coverage | None:
         return next((c for c in self.coverage if c.threshold == threshold), None)
@@ -51,10 +66,9 @@ class TaskFigures:
     quality: TaskQuality | None
 
 
-def _top_label(scores: Any) -> str:
-    """The best label of a row's label_scores (a map, or the (key, value) pairs Parquet reads it as)."""
-    items = scores.items() if isinstance(scores, dict) else scores
-    return max(items, key=lambda item: item[1])[0]
+def _scores(value: Any) -> dict[str, float]:
+    """A row's label_scores (a map, or the (key, value) pairs Parquet reads it as)."""
+    return dict(value.items() if isinstance(value, dict) else value)
 
 
 @dataclass
@@ -70,6 +84,7 @@ class TaskTally:
     gold: list[str] = field(default_factory=list)
     predicted: list[str] = field(default_factory=list)
     confidence: list[float] = field(default_factory=list)
+    probabilities: list[list[float]] = field(default_factory=list)  # in label order, per gold row
     unlabelled: int = 0
 
     def add(self, row: dict[str, Any]) -> None:
@@ -95,9 +110,11 @@ class TaskTally:
             return
         by_folded = {label.casefold(): label for label in self.info.labels}
         text = str(gold).strip()
+        scores = _scores(row[self.info.column("label_scores")])
         self.gold.append(by_folded.get(text.casefold(), text))
-        self.predicted.append(_top_label(row[self.info.column("label_scores")]))
+        self.predicted.append(max(scores, key=scores.__getitem__))
         self.confidence.append(confidence)
+        self.probabilities.append([scores[label] for label in self.info.labels])
 
     def figures(self) -> TaskFigures:
         classify = self.info.kind == CLASSIFY
@@ -129,4 +146,20 @@ class TaskTally:
             ece=expected_calibration_error(self.confidence, correct),
             reliability=tuple(reliability(self.confidence, correct)),
             coverage=tuple(coverage_curve(self.confidence, correct, sorted(thresholds))),
+            **self._fitted(),
         )
+
+    def _fitted(self) -> dict[str, float | None]:
+        """The temperature fitted on the rows whose gold label is in the label set, and its ECE there."""
+        index = {label: i for i, label in enumerate(self.info.labels)}
+        known = [(p, index[g]) for p, g in zip(self.probabilities, self.gold, strict=True) if g in index]
+        if not known:
+            return {"fitted_temperature": None, "fitted_ece": None}
+        temperature = fit_temperature([p for p, _ in known], [g for _, g in known])
+        scaled = [rescaled(p, temperature) for p, _ in known]
+        confidence = [max(p) for p in scaled]
+        correct = [p.index(max(p)) == g for p, (_, g) in zip(scaled, known, strict=True)]
+        return {
+            "fitted_temperature": temperature * self.info.confidence_temperature,
+            "fitted_ece": expected_calibration_error(confidence, correct),
+        }

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from common.quality import coverage_curve, expected_calibration_error, quality, reliability
+from common.quality import (
+    coverage_curve,
+    expected_calibration_error,
+    fit_temperature,
+    quality,
+    reliability,
+    rescaled,
+)
 
 
 def test_quality_by_hand():
@@ -53,3 +60,22 @@ def test_bin_edges_are_exact():
     got = [(b.low, b.count) for b in reliability(values, [True] * len(values))]
     # 0.3 and 0.7 at their bins' top edges; the values just above them in the next bins up
     assert got == [(0.0, 2), (0.1, 1), (0.2, 1), (0.3, 2), (0.4, 1), (0.5, 1), (0.6, 1), (0.7, 2), (0.8, 1), (0.9, 1)]
+
+
+def test_rescaled_sharpens_below_one_and_flattens_above():
+    assert rescaled([0.5, 0.25, 0.25], 1.0) == pytest.approx([0.5, 0.25, 0.25])
+    assert rescaled([0.5, 0.25, 0.25], 0.5) == pytest.approx([4 / 6, 1 / 6, 1 / 6])  # squared, renormalized
+    assert rescaled([0.9, 0.1], 1e9) == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="must be > 0"):
+        rescaled([0.5, 0.5], 0)
+
+
+def test_fit_temperature_finds_the_scale_that_matches_accuracy():
+    # Every row says 0.6 for its top label and the top label is right 80% of the time: underconfident.
+    rows = [[0.6, 0.2, 0.2]] * 10
+    gold = [0] * 8 + [1, 2]
+    temperature = fit_temperature(rows, gold)
+    assert rescaled(rows[0], temperature)[0] == pytest.approx(0.8, abs=0.01)  # where NLL is least: p = accuracy
+    assert temperature < 1
+    with pytest.raises(ValueError, match="no labelled rows"):
+        fit_temperature([], [])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.quality import expected_calibration_error
+from common.quality import expected_calibration_error, fit_temperature, rescaled
 from pipelines import report as report_module
 from pipelines.batch_inference import main
 from pipelines.options import JobConfig
@@ -89,6 +89,16 @@ def test_figures_against_the_gold_labels_by_hand(published):
     ]
     correct = [True, True, True, False, False]
     assert quality["ece"] == pytest.approx(expected_calibration_error(confidence, correct))
+    probabilities = [
+        softmax([-3, -5, -5]),
+        softmax([-5, -3, -5]),
+        softmax([-5, -5, -4]),
+        softmax([-4, -3, -5]),
+        [1 / 3] * 3,
+    ]
+    assert quality["fitted_temperature"] == fit_temperature(probabilities, [0, 1, 2, 0, 2])
+    scaled = [rescaled(p, quality["fitted_temperature"]) for p in probabilities]
+    assert quality["fitted_ece"] == pytest.approx(expected_calibration_error([max(p) for p in scaled], correct))
     at_half = next(c for c in quality["coverage"] if c["threshold"] == 0.5)
     assert at_half == {"threshold": 0.5, "coverage": pytest.approx(0.8), "answered": 4, "accuracy": 0.75}
 

@@ -193,3 +193,16 @@ def test_on_the_embedded_model_the_opinion_word_ranks_first():
         ("positive", [{"text": "wonderful", "drop": pytest.approx(0.25, abs=0.08)}]),
     ]
     assert rows[2]["evidence"] == []
+
+
+def test_plan_counts_what_the_variants_cost():
+    runner = EngineRunner(FakeEngine(), ModelSettings(prompt_style="completion"))
+    record = Record("r", "it was awful")
+    plain, explained = (
+        shortcut("sentiment").build_request(record),
+        shortcut("sentiment", explain=True).build_request(record),
+    )
+    (plain_response,), (explained_response,) = runner.run([plain]), runner.run([explained])
+    words = len(" positive") + len(" negative") + len(" none")  # the fake tokenizer: one token per character
+    extra = runner.prompts.request_tokens(explained) - runner.prompts.request_tokens(plain)
+    assert extra == explained_response.prompt_tokens - plain_response.prompt_tokens + 3 * words  # 3 variants

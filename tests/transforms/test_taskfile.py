@@ -69,7 +69,7 @@ def classify(extra: str = "", labels: str = "[billing, shipping]") -> str:
             classify("    lables: [a]\n"),
             "t.yaml: task 'topic': unknown key 'lables'; did you mean 'labels'? the keys of a classify task are: "
             "name, kind, instructions, examples, labels, question, multi_label, threshold, label_question, "
-            "min_confidence, calibrate, explain, gold",
+            "min_confidence, calibrate, confidence_temperature, explain, gold",
         ),
         (
             "tasks:\n  - name: topic\n    kind: translate\n",
@@ -393,3 +393,11 @@ def test_preflight_refuses_a_gold_field_the_input_lacks():
     with pytest.raises(TaskFileError, match=r"--task sentiment: task 'sentiment': key 'gold': the gold label field "
                        r"'sentiment' is in none of the first \d+ input records \(fields: channel\)"):  # fmt: skip
         preflight(config, make_task_set(config))
+
+
+def test_confidence_temperature_key():
+    assert tasks_from(classify("    confidence_temperature: 0.5\n")).tasks[0].confidence_temperature == 0.5
+    assert error_of(classify("    confidence_temperature: 0\n")) == (
+        "t.yaml: task 'topic': key 'confidence_temperature': expected a number > 0 that rescales confidence "
+        "(below 1 surer, above 1 less sure); the run report fits it, got int"
+    )

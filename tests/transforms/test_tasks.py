@@ -224,3 +224,16 @@ def test_clean_summary(raw, clean):
 def test_summary_cleaner_drops_every_gemma_marker():
     raw = "<start_of_image>The desk is <end_of_turn>solid.<eos>"
     assert summarizer(16)[1].clean(raw) == "The desk is solid."
+
+
+def test_confidence_temperature_rescales_the_probabilities_and_only_then_the_fingerprint():
+    assert label_probabilities([-1.0, -2.0], None, temperature=0.5) == pytest.approx(softmax([-2.0, -4.0]))
+    plain = shortcut("sentiment")
+    assert shortcut("sentiment", confidence_temperature=1.0).fingerprint() == plain.fingerprint()
+    sharper = shortcut("sentiment", confidence_temperature=0.5)
+    assert sharper.fingerprint() != plain.fingerprint()
+    response = RecordResponse((Answer((-1.0, -2.0, -3.0), (-1.5, -1.5, -1.5)),), 10, False, "completion", "m")
+    row = sharper.to_row(Record("z", "t"), response, RUN_ID, FINGERPRINT)
+    assert row["confidence"] == pytest.approx(softmax([-2.0, -4.0, -6.0])[0])
+    with pytest.raises(ValueError, match="--task summarize: --confidence_temperature works with the scored tasks"):
+        shortcut("summarize", confidence_temperature=2.0)
