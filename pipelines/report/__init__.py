@@ -88,8 +88,8 @@ def summary_lines(output: str, run_id: str) -> list[str]:
         )
         if quality.get("fitted_temperature") is not None:
             lines.append(
-                f"               confidence_temperature {quality['fitted_temperature']:.2f} would make ECE "
-                f"{quality['fitted_ece']:.3f} on these rows (fitted on them: check it on another labelled set)"
+                f"               confidence_temperature {quality['fitted_temperature']:.2f} fits these rows best "
+                f"(ECE with it {quality['fitted_ece']:.3f}; check it on another labelled set before using it)"
             )
         own = [c for c in quality["coverage"] if c["threshold"] == quality.get("min_confidence")]
         for c in own:

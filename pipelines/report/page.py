@@ -118,7 +118,9 @@ def _quality(task: TaskFigures, quality: TaskQuality) -> str:
     if quality.outside_labels:
         figures.append(("gold labels outside the label set (counted wrong)", quality.outside_labels))
     if quality.fitted_temperature is not None:
-        figures.append(("confidence_temperature fitted on these rows", f"{quality.fitted_temperature:.2f}"))
+        figures.append(
+            ("confidence_temperature fitted on these rows (least log-loss)", f"{quality.fitted_temperature:.2f}")
+        )
         figures.append(("ECE with it, on these same rows", f"{quality.fitted_ece:.3f}"))
     coverage = [
         (f"{c.threshold:g}" + (" (this task's)" if c.threshold == info.min_confidence else ""), f"{c.coverage:.1%}",
@@ -143,11 +145,11 @@ def _temperature_note(info: TaskInfo, quality: TaskQuality) -> str:
     if quality.fitted_temperature is None:
         return ""
     return (
-        f'<p class="note">Confidence would match accuracy best here with confidence_temperature '
+        f'<p class="note">These gold labels are likeliest (least log-loss) with confidence_temperature '
         f"{quality.fitted_temperature:.2f} (this run: {info.confidence_temperature:g}; below 1 surer, above 1 less "
-        "sure). It was fitted on "
-        f"these rows, so measure it on another labelled set before using it for {esc(info.name)} "
-        "(--confidence_temperature, or confidence_temperature: in a task file).</p>"
+        f"sure), which gives an ECE of {quality.fitted_ece:.3f} here. It was fitted on these rows, so measure it on "
+        f"another labelled set before using it for {esc(info.name)} (--confidence_temperature, or "
+        "confidence_temperature: in a task file).</p>"
     )
 
 
