@@ -80,6 +80,17 @@ def test_emulator_refuses_partition_decorator(emulators):
         run_write(emulators, [result_row(1)], [], "decorated")
 
 
+def check_evidence_and_timing(client, dataset: str) -> None:
+    """The evidence list of records and the timing columns come back as loaded."""
+    sql = f"SELECT e.text, e.drop FROM {dataset}.sentiment, UNNEST(evidence) AS e WHERE id = 'r2'"
+    assert sorted(query(client, sql), key=lambda e: -e["drop"]) == [
+        {"text": "great", "drop": 0.25},
+        {"text": "fast delivery", "drop": 0.125},
+    ]
+    timing = query(client, f"SELECT inference_ms, inferred_at FROM {dataset}.sentiment WHERE id = 'r1'")
+    assert timing == [{"inference_ms": 12.5, "inferred_at": INFERRED_AT}]
+
+
 def test_schema_partitioning_rows_and_errors_table(emulators, undecorated):
     client = emulators.client
     client.create_dataset("first")
@@ -132,13 +143,7 @@ def test_schema_partitioning_rows_and_errors_table(emulators, undecorated):
         ("positive", 0.51),
     ]
 
-    evidence = query(client, "SELECT e.text, e.drop FROM first.sentiment, UNNEST(evidence) AS e WHERE id = 'r2'")
-    assert sorted(evidence, key=lambda e: -e["drop"]) == [
-        {"text": "great", "drop": 0.25},
-        {"text": "fast delivery", "drop": 0.125},
-    ]
-    timing = query(client, "SELECT inference_ms, inferred_at FROM first.sentiment WHERE id = 'r1'")
-    assert timing == [{"inference_ms": 12.5, "inferred_at": INFERRED_AT}]
+    check_evidence_and_timing(client, "first")
 
     errors = query(client, "SELECT id, stage, error, input, run_id, run_date FROM first.sentiment_errors ORDER BY id")
     assert [(e["id"], e["stage"], e["run_id"], e["run_date"]) for e in errors] == [
