@@ -8,7 +8,8 @@ Kept thin: the pipeline lives in the installed package. This file only adapts wh
 - Dataflow has already checked the parameter names against metadata.json, and the launcher adds its own
   environment flags, so an unknown flag is logged here rather than refused; input that matches nothing and a
   model that does not resolve still stop the launch before any worker starts (``pipelines.preflight``).
-It submits the job and returns without waiting: the launcher VM is not meant to babysit a batch job.
+It submits the job and returns without waiting: the launcher VM is not meant to babysit a batch job. The run
+report (report.html) is the job's own last step, after it publishes, so nothing here waits for it either.
 """
 
 from __future__ import annotations

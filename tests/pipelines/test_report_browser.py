@@ -9,6 +9,8 @@ decoded image of nonzero size. A full-page screenshot is kept: in the test's tmp
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,20 @@ def test_report_loads_without_errors_and_draws_every_chart(published, tmp_path):
     SCREENSHOT.parent.mkdir(exist_ok=True)
     shutil.copyfile(tmp_path / "report.png", SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 50_000
+
+
+def test_make_test_installs_the_browser_first_and_make_report_makes_the_report():
+    root = SCREENSHOT.parents[1]
+    plan = subprocess.run(["make", "-n", "test", "report", "OUTPUT=gs://b/run1"], cwd=root, capture_output=True,
+                          text=True, timeout=60, check=True).stdout.splitlines()  # fmt: skip
+    browser = next(i for i, line in enumerate(plan) if "apt-get install -y -q chromium" in line)
+    tests = next(i for i, line in enumerate(plan) if "-m pytest" in line)
+    assert browser < tests  # make test: chromium first
+    assert plan[-1] == ".venv/bin/python -m pipelines.report gs://b/run1"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed: run `make browser`")
+def test_make_browser_is_quick_when_chromium_is_there():
+    started = time.monotonic()
+    subprocess.run(["make", "-s", "browser"], cwd=SCREENSHOT.parents[1], check=True, timeout=60)
+    assert time.monotonic() - started < 5
