@@ -213,6 +213,15 @@ def _sample(view: RowView) -> str:
     return "".join(parts) + "</div>"
 
 
+def _samples_note(data: ReportData) -> str:
+    if not any(task.explain for task in data.run.tasks):
+        return '<p class="note">The first records of the input.</p>'
+    return (
+        '<p class="note">The first records of the input; marked words are the evidence (darkest: the largest '
+        "drop in the chosen label's probability when the word is left out).</p>"
+    )
+
+
 def render(data: ReportData) -> str:
     note = f'<p class="note">{esc(data.sample_note)}</p>' if data.sample_note else ""
     body = [
@@ -223,8 +232,7 @@ def render(data: ReportData) -> str:
         _rows("Longest records (prompt tokens)", "longest", data.longest),
         _rows("Slowest records (model time)", "slowest", data.slowest),
         '<h2 id="samples">Sample rows</h2>',
-        '<p class="note">The first records of the input; marked words are the evidence (darkest: the largest '
-        "drop in the chosen label's probability when the word is left out).</p>",
+        _samples_note(data),
         note,
         *(_sample(view) for view in data.samples),
     ]

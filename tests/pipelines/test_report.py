@@ -183,3 +183,51 @@ def test_the_report_of_a_gs_output(gcs, tmp_path):
     blob.delete()
     page, _ = write_report("gs://reports/run1")  # make report OUTPUT=gs://...
     assert page == "gs://reports/run1/report.html" and gcs.bucket("reports").blob("run1/report.html").exists()
+
+
+TASK_FILE = """
+tasks:
+  - name: tone
+    kind: classify
+    labels: [positive, negative]
+    explain: {top_k: 1}
+    gold: tone_gold
+    min_confidence: 0.7
+  - name: topic
+    kind: classify
+    labels: [billing, shipping]
+    multi_label: true
+    threshold: 0.6
+  - name: note
+    kind: generate
+    prompt: "Note:"
+    max_new_tokens: 8
+"""
+
+
+def test_a_task_files_report_has_a_section_per_task(tmp_path):
+    (tmp_path / "tasks.yaml").write_text(TASK_FILE)
+    lines = [
+        {"id": "1", "text": "Great billing, I love it", "tone_gold": "positive"},
+        {"id": "2", "text": "Broken shipping", "tone_gold": "Negative"},  # gold labels match case-blind
+        {"id": "3", "text": "Awful billing", "tone_gold": "unsure"},  # not a label: counted wrong
+    ]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    config = JobConfig(input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out"), run_id="tf",
+                       task_file=str(tmp_path / "tasks.yaml"))  # fmt: skip
+    run_job(config)
+    tasks = read_figures(str(tmp_path / "out"))["tasks"]
+    assert {name: task["kind"] for name, task in tasks.items()} == {
+        "tone": "classify", "topic": "classify", "note": "generate"
+    }  # fmt: skip
+    tone = tasks["tone"]["quality"]
+    assert (tone["labelled"], tone["outside_labels"], tone["accuracy"]) == (3, 1, pytest.approx(2 / 3))
+    # Confidence: 0.88 for row 1 (two cue words), e / (1 + e) = 0.73 for the others (one): all above 0.7.
+    assert next(c for c in tone["coverage"] if c["threshold"] == 0.7) == {
+        "threshold": 0.7, "coverage": 1.0, "answered": 3, "accuracy": pytest.approx(2 / 3)
+    }  # fmt: skip
+    assert "quality" not in tasks["topic"] and "quality" not in tasks["note"]
+    assert tasks["topic"]["label_counts"] == {"billing": 2, "shipping": 1}  # yes at 0.73, no at 0.5
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="task-tone"' in page and 'id="task-topic"' in page and 'id="task-note"' in page
+    assert '<mark class="r1"' in page and "tone evidence: " in page  # tone explains, with top_k 1
