@@ -74,8 +74,17 @@ class RunInfo:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> RunInfo:
-        tasks = tuple(TaskInfo(**{**task, "labels": tuple(task.get("labels", ()))}) for task in raw.get("tasks", ()))
-        return cls(**{**raw, "tasks": tasks})
+        """Read back; keys this version does not know (a newer one wrote them) are left out."""
+        tasks = tuple(
+            TaskInfo(**{**_known(TaskInfo, task), "labels": tuple(task.get("labels", ()))})
+            for task in raw.get("tasks", ())
+        )
+        return cls(**{**_known(cls, raw), "tasks": tasks})
+
+
+def _known(kind: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(kind)}
+    return {k: v for k, v in raw.items() if k in names}
 
 
 def task_infos(tasks: TaskSet) -> tuple[TaskInfo, ...]:

@@ -231,3 +231,18 @@ def test_a_task_files_report_has_a_section_per_task(tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert 'id="task-tone"' in page and 'id="task-topic"' in page and 'id="task-note"' in page
     assert '<mark class="r1"' in page and "tone evidence: " in page  # tone explains, with top_k 1
+
+
+def test_run_info_reads_back_and_skips_keys_it_does_not_know():
+    from pipelines.run_info import RunInfo
+    from transforms.registry import shortcut
+
+    config = JobConfig(input="in.jsonl", output="out", run_id="x", gold_field="label", explain=True)
+    info = RunInfo.of(config, shortcut("sentiment", gold_field="label", explain=True))
+    raw = json.loads(json.dumps(info.to_dict()))  # as _PUBLISHED.json holds it
+    assert RunInfo.from_dict(raw) == info
+    (task,) = info.tasks
+    assert (task.prefix, task.labels, task.gold_field, task.explain) == ("", ("positive", "negative", "neutral"),
+                                                                        "label", True)  # fmt: skip
+    newer = {**raw, "shards": 4, "tasks": [{**raw["tasks"][0], "color": "red"}]}
+    assert RunInfo.from_dict(newer) == info
