@@ -141,7 +141,10 @@ def test_task_file_explain_adds_a_prefixed_evidence_column_with_top_k():
     row = tasks.to_row(record, response, RUN_ID, FINGERPRINT)
     assert row["tone_label"] == "negative"
     assert [e["text"] for e in row["tone_evidence"]] == ["awful"]  # top_k 1: the first of two equal drops
-    assert engine.score_calls == [1 + 5, 3, 1, 3]  # tone and its five variants, its prior; topic, its prior
+    # One call scores tone's five variants after the shared head; the record's trunk is read once for both
+    # questions (engine.branch; the fake scores each branch on its own); then each question's prior.
+    assert engine.score_calls[0] == 5 and engine.branch_calls == [1] and engine.score_calls[1:] == [1, 1, 3, 3]
+    assert engine.shared_prefixes[0] == engine.shared_prefixes[1]
 
 
 @pytest.mark.parametrize(
