@@ -93,7 +93,7 @@ class RecordRequest:
     """Ask the templates' questions about one record; ``fields`` holds every slot's (untrusted) value.
 
     ``variants``: the record's text with one span left out, each (``transforms.evidence``); the questions
-    that ``explain`` are scored on each of them too, in the same engine call, after the same shared head.
+    that ``explain`` are scored on each of them too, in one engine call per batch, after the same shared head.
     """
 
     fields: Mapping[str, str]

@@ -2,9 +2,9 @@
 
 A record's text is cut into spans: its words, or, for a record of more than ``MAX_SPANS`` words, runs of
 adjacent words (``ceil(words / MAX_SPANS)`` each), so a record never costs more than ``MAX_SPANS`` variants.
-Each variant is the text with one span left out. The runner scores every variant's question in the same
-engine call as the record's own prompt, after the template's shared head (instructions, labels, examples:
-computed once and cached by the engine), so a variant costs what the record itself costs minus that head:
+Each variant is the text with one span left out. The runner scores every variant's question in one engine
+call per batch, after the template's shared head (instructions, labels, examples: computed once and cached by
+the engine), so a variant costs what the record itself costs minus that head:
 its text and the question's tail. A span's *drop* is the chosen label's (calibrated) probability with the
 whole text minus its probability without that span; the evidence is the ``top_k`` spans with the largest
 drops of at least ``MIN_DROP``: the words whose removal most lowers the chosen label's probability.
