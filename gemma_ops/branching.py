@@ -76,8 +76,7 @@ class Brancher:
         """(index, tree) pairs whose trunks all extend ``prefix`` (or None) -> their scores and trunk keys/values."""
         skip = prefix.length if prefix is not None else 0
         sizes = [
-            len(tree.trunk) - skip
-            + sum(len(b.tail) * len(b.candidates) + sum(len(c) - 1 for c in b.candidates) for b in tree.branches)
+            len(tree.trunk) - skip + sum(len(b.tail) + sum(len(c) - 1 for c in b.candidates) for b in tree.branches)
             for _, tree in trees
         ]  # fmt: skip
         result = TrunkPass()
@@ -91,11 +90,16 @@ class Brancher:
         device = self.model.embed.weight.device
         skip = prefix.length if prefix is not None else 0
         packed = pack_trees(
-            [(tree.trunk, [(b.tail, c) for b in tree.branches if b.scored for c in b.candidates]) for _, tree in trees],
-            skip,
+            [(tree.trunk, [(b.tail, b.candidates) for b in tree.branches if b.scored]) for _, tree in trees], skip
         )
         segments = [
-            Segment(start, n, branch=torch.tensor(packed.branches[start : start + n], device=device), prefix=prefix)
+            Segment(
+                start,
+                n,
+                branch=torch.tensor(packed.branches[start : start + n], device=device),
+                prefix=prefix,
+                parent=torch.tensor(packed.parents[start : start + n], device=device) if packed.parents else None,
+            )
             for start, n in packed.segments
         ]
         generating = any(not b.scored for _, tree in trees for b in tree.branches)

@@ -63,8 +63,9 @@ class Segment:
     """One sequence inside a packed batch.
 
     start/length locate its tokens in the packed row. ``branch`` (None for a plain prompt) gives, per token, 0 for
-    the shared prompt and k > 0 for the k-th candidate continuation; a branch token sees the prompt and its own
-    branch only. ``slot`` is the KV-cache slot its keys/values are written to (None: nothing is cached).
+    the shared prompt and k > 0 for the k-th branch; a branch token sees the prompt, its own branch and, given
+    ``parent``, its branch's parent (a candidate sees the question it answers). ``slot`` is the KV-cache slot its
+    keys/values are written to (None: nothing is cached).
     ``prefix``: the sequence continues a shared prefix (its positions start at prefix.length) whose keys and
     values were computed once; a cached segment's slot then holds the prefix's keys and values too.
     """
@@ -74,6 +75,7 @@ class Segment:
     slot: int | None = None
     branch: torch.Tensor | None = None  # [length] int
     prefix: PrefixKV | None = None
+    parent: torch.Tensor | None = None  # [length] int: the parent node of each token's branch (None: all 0)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +167,7 @@ class Attention(nn.Module):
         k_pos: torch.Tensor,
         q_branch: torch.Tensor | None,
         k_branch: torch.Tensor | None,
+        q_parent: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Boolean [n_q, n_k] mask for one packed sequence, or None when plain causal attention is exact."""
         plain = q_branch is None and q_pos.shape[0] == k_pos.shape[0]
@@ -172,7 +175,10 @@ class Attention(nn.Module):
             return None
         allowed = k_pos[None, :] <= q_pos[:, None]
         if q_branch is not None:
-            allowed &= (k_branch[None, :] == 0) | (k_branch[None, :] == q_branch[:, None])
+            visible = (k_branch[None, :] == 0) | (k_branch[None, :] == q_branch[:, None])
+            if q_parent is not None:
+                visible |= k_branch[None, :] == q_parent[:, None]
+            allowed &= visible
         if self.window is not None:
             allowed &= q_pos[:, None] - k_pos[None, :] < self.window
         return allowed
@@ -206,7 +212,7 @@ class Attention(nn.Module):
                 k_branch = torch.cat((torch.zeros(prefix.length, dtype=q_branch.dtype, device=x.device), q_branch))
             if cache is not None and seg.slot is not None:  # positions 0 .. prefix + n - 1
                 cache.write_prompt(self.layer, seg.slot, seg_k, seg_v)
-            mask = self._segment_mask(q_pos, k_pos, q_branch, k_branch)
+            mask = self._segment_mask(q_pos, k_pos, q_branch, k_branch, seg.parent)
             seg_q = q[rows].transpose(0, 1).unsqueeze(0)  # [1, H, n, Dh]
             attended = self._attend(seg_q, seg_k.unsqueeze(0), seg_v.unsqueeze(0), mask, causal=True)
             out[rows] = attended[0].transpose(0, 1)

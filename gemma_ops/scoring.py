@@ -22,53 +22,72 @@ Logits = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # hidden [
 class PackedScoring:
     """Prompts and their candidate branches packed back to back into one row of T tokens.
 
-    Per prompt: its tokens after the shared prefix, then for candidate b (1-based) its unscored context (a task's
-    question after a shared record, or nothing) and every scored token but the last (the last one is predicted,
-    never fed). ``read_rows[i]`` is the packed row whose hidden state predicts ``targets[i]``: the context's last
-    row (or the prompt's) for a candidate's first token, the previous candidate token's row after. Targets run
-    prompt by prompt, candidate by candidate, token by token.
+    Per prompt: its tokens after the shared prefix, then per question its tail (a task's question after a shared
+    record; may be empty) and, for each of its candidates, every candidate token but the last (the last one is
+    predicted, never fed). Each tail and each candidate is a node of a tree: a node's tokens see the prompt, the
+    node itself and its parent (the tail a candidate follows). ``read_rows[i]`` is the packed row whose hidden
+    state predicts ``targets[i]``: the tail's last row (or the prompt's) for a candidate's first token, the previous
+    candidate token's row after. Targets run prompt by prompt, candidate by candidate, token by token.
     """
 
     tokens: tuple[int, ...]  # [T]
     positions: tuple[int, ...]  # [T]: continue after the shared prefix
-    branches: tuple[int, ...]  # [T]: 0 for prompt tokens, b for candidate b's tokens
+    branches: tuple[int, ...]  # [T]: 0 for prompt tokens, else the token's node
     segments: tuple[tuple[int, int], ...]  # (start, length) of each prompt with its branches
     read_rows: tuple[int, ...]  # [n_targets]
     targets: tuple[int, ...]  # [n_targets]
+    parents: tuple[int, ...] = ()  # [T]: each token's node's parent (0: the prompt); () when every parent is 0
 
 
-Candidate = tuple[Sequence[int], Sequence[int]]  # (unscored context ids, scored ids)
+Question = tuple[Sequence[int], Sequence[Sequence[int]]]  # (tail ids, candidates' ids)
 
 
-def pack_trees(trees: Sequence[tuple[Sequence[int], Sequence[Candidate]]], prefix_length: int) -> PackedScoring:
-    """Pack (prompt, candidates) trees; each prompt's first ``prefix_length`` tokens come from a shared prefix.
-    A candidate is its unscored context then its scored tokens, branching off the prompt."""
+def pack_trees(trees: Sequence[tuple[Sequence[int], Sequence[Question]]], prefix_length: int) -> PackedScoring:
+    """Pack (prompt, questions) trees; each prompt's first ``prefix_length`` tokens come from a shared prefix.
+    A question's tail is fed once, and its candidates branch off the tail."""
     tokens: list[int] = []
     positions: list[int] = []
     branches: list[int] = []
+    parents: list[int] = []
     segments: list[tuple[int, int]] = []
     read_rows: list[int] = []
     targets: list[int] = []
-    skip = prefix_length
-    for full_prompt, candidates in trees:
-        prompt = full_prompt[skip:]
-        start, n = len(tokens), len(prompt)
+    for full_prompt, questions in trees:
+        prompt = full_prompt[prefix_length:]
+        start, end = len(tokens), len(full_prompt)  # ``end``: the position after the prompt
         tokens.extend(prompt)
-        positions.extend(range(skip, skip + n))
-        branches.extend([0] * n)
-        for b, (context, ids) in enumerate(candidates, start=1):
-            # Branch b feeds context + ids[:-1] after the prompt; the row before each scored token predicts it.
-            fed = [*context, *ids[:-1]]
-            branch_start = len(tokens)
-            tokens.extend(fed)
-            positions.extend(range(skip + n, skip + n + len(fed)))
-            branches.extend([b] * len(fed))
-            first = branch_start + len(context) - 1 if context else start + n - 1
-            read_rows.extend([first] + [branch_start + len(context) + j for j in range(len(ids) - 1)])
-            targets.extend(ids)
+        positions.extend(range(prefix_length, end))
+        branches.extend([0] * len(prompt))
+        parents.extend([0] * len(prompt))
+        node = 0
+        for tail, candidates in questions:
+            parent, last_row = 0, start + len(prompt) - 1
+            if tail:
+                node += 1
+                parent, last_row = node, len(tokens) + len(tail) - 1
+                tokens.extend(tail)
+                positions.extend(range(end, end + len(tail)))
+                branches.extend([node] * len(tail))
+                parents.extend([0] * len(tail))
+            for ids in candidates:
+                # A candidate feeds ids[:-1] after its tail; the row before each of its tokens predicts it.
+                node += 1
+                branch_start = len(tokens)
+                tokens.extend(ids[:-1])
+                positions.extend(range(end + len(tail), end + len(tail) + len(ids) - 1))
+                branches.extend([node] * (len(ids) - 1))
+                parents.extend([parent] * (len(ids) - 1))
+                read_rows.extend([last_row] + [branch_start + j for j in range(len(ids) - 1)])
+                targets.extend(ids)
         segments.append((start, len(tokens) - start))
     return PackedScoring(
-        tuple(tokens), tuple(positions), tuple(branches), tuple(segments), tuple(read_rows), tuple(targets)
+        tuple(tokens),
+        tuple(positions),
+        tuple(branches),
+        tuple(segments),
+        tuple(read_rows),
+        tuple(targets),
+        tuple(parents) if any(parents) else (),
     )
 
 
@@ -76,8 +95,7 @@ def pack_for_scoring(
     prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], prefix_length: int
 ) -> PackedScoring:
     """Pack prompts (full ids; their first ``prefix_length`` tokens come from a shared prefix) with candidates."""
-    branches = [((), ids) for ids in candidates]
-    return pack_trees([(prompt, branches) for prompt in prompts], prefix_length)
+    return pack_trees([(prompt, [((), candidates)]) for prompt in prompts], prefix_length)
 
 
 def split_by_budget(sizes: Sequence[int], budget: int) -> list[list[int]]:

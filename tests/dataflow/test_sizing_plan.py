@@ -179,3 +179,38 @@ SENTIMENT_SHOTS = [
     ("Great service and fast delivery, thank you!", "positive"),
     ("Please cancel my order number 5521.", "none"),
 ]
+
+
+def test_plan_counts_the_tokens_of_a_task_file(tmp_path, capsys):
+    """`make plan` with a task file: every task's prompt, each record's trunk counted once (as the run reads it)."""
+    from tests.tiny_models import build_tiny_checkpoint
+
+    model = build_tiny_checkpoint("gemma3", tmp_path / "model")
+    write_jsonl(tmp_path / "in.jsonl", 12)
+    task_file = tmp_path / "tasks.yaml"
+    task_file.write_text(
+        "tasks:\n  - {name: mood, kind: classify, labels: [good, bad]}\n"
+        "  - {name: note, kind: generate, prompt: 'Note:', max_new_tokens: 5}\n"
+    )
+    flags = ["--input", str(tmp_path / "in.jsonl"), "--model", str(model), "--tokens_per_s", "100"]
+    assert plan.main([*flags, "--task_file", str(task_file)]) == 0
+    both = capsys.readouterr().out
+    assert plan.main([*flags, "--task", "sentiment"]) == 0
+    one = capsys.readouterr().out
+
+    def per_record(out: str) -> float:
+        return float(next(line for line in out.splitlines() if line.startswith("tokens per record")).split()[3])
+
+    from common.records import Record
+    from gemma_ops.tokenizer import GemmaTokenizer
+    from inference.prompts import PromptEncoder
+    from pipelines.options import JobConfig
+    from transforms.registry import make_task_set
+
+    tasks = make_task_set(JobConfig(input="x", output="y", task_file=str(task_file)))
+    prompts = PromptEncoder(GemmaTokenizer.from_pretrained(model), 512)
+    records = [Record(str(i), f"review number {i} " + "word " * (i % 5)) for i in range(12)]
+    counts = [prompts.request_tokens(tasks.build_request(r)) for r in records]
+    assert "estimated records:   12" in both
+    assert per_record(both) == pytest.approx(sum(counts) / 12, abs=0.05)  # printed with one decimal
+    assert per_record(one) > per_record(both)  # sentiment's ten examples outweigh two zero-shot questions

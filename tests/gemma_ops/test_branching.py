@@ -78,10 +78,9 @@ def test_each_trunk_is_read_once(engine):
     for tree in asked:
         expected += len(tree.trunk) - len(HEAD)  # the record, once
         for branch in tree.branches:
-            if branch.scored:  # each candidate branch feeds the tail and all but its last token
-                expected += sum(len(branch.tail) + len(ids) - 1 for ids in branch.candidates)
-            else:  # the generation prefill reads only the tail
-                expected += len(branch.tail)
+            expected += len(branch.tail)  # once, whatever follows it
+            if branch.scored:  # each candidate then feeds all but its last token
+                expected += sum(len(ids) - 1 for ids in branch.candidates)
     assert engine.tokens_fed - before == expected
 
 

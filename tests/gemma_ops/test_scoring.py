@@ -11,6 +11,7 @@ from gemma_ops.scoring import (
     PrefixStore,
     extends_prefix,
     pack_for_scoring,
+    pack_trees,
     split_by_budget,
     target_logprobs,
 )
@@ -37,6 +38,20 @@ def test_packing_after_a_shared_prefix_continues_its_positions():
         segments=((0, 4),),
         read_rows=(1, 2, 3, 1),
         targets=(5, 6, 7, 8),
+    )
+
+
+def test_packing_questions_feeds_each_tail_once_and_candidates_after_it():
+    """Question 1 has tail [30, 31] and candidates [5] and [6, 7]; question 2 has no tail and candidate [8, 9]."""
+    packed = pack_trees([([2, 10, 11], [([30, 31], [[5], [6, 7]]), ((), [[8, 9]])])], prefix_length=1)
+    assert packed == PackedScoring(
+        tokens=(10, 11, 30, 31, 6, 8),
+        positions=(1, 2, 3, 4, 5, 3),  # the tail continues the prompt, candidates continue their tail
+        branches=(0, 0, 1, 1, 3, 4),  # node 1: the tail; 2 and 3: its candidates ([5] feeds nothing); 4: [8, 9]
+        segments=((0, 6),),
+        read_rows=(3, 3, 4, 1, 5),  # the tail's last row predicts 5 and 6, row of 6 predicts 7; the prompt's, 8
+        targets=(5, 6, 7, 8, 9),
+        parents=(0, 0, 0, 0, 1, 0),  # candidate [6, 7] sees the tail; [8, 9] hangs off the prompt
     )
 
 

@@ -54,8 +54,8 @@ def expected_tokens_fed(config: JobConfig, engine) -> tuple[int, int]:
         record_tokens = len(encoded.trunk) - len(encoded.head)
         shared += record_tokens
         for q, tail in enumerate(encoded.tails):
-            candidates = prompts.candidate_ids(template, q) if template.questions[q].scored else [()]
-            branch = sum(len(tail) + max(len(ids) - 1, 0) for ids in candidates)
+            candidates = prompts.candidate_ids(template, q) if template.questions[q].scored else []
+            branch = len(tail) + sum(len(ids) - 1 for ids in candidates)  # the tail once, then each candidate
             shared += branch
             alone += record_tokens + branch
     return shared, alone

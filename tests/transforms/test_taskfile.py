@@ -332,3 +332,21 @@ def test_the_readme_example_task_file_is_valid_for_its_input():
         "id", "queue_label", "queue_confidence", "queue_label_scores", "queue_abstained", "note_text",
         "note_finish_reason",
     ]  # fmt: skip
+
+
+def test_chat_style_wraps_the_trunk_and_every_tail_in_one_turn():
+    from inference.prompts import PromptEncoder
+    from tests.transforms.fakes import FakeTokenizer
+
+    tasks, tokenizer = tasks_from(TICKETS), FakeTokenizer(chat=True)
+    prompts = PromptEncoder(tokenizer, 4096, "auto")
+    assert prompts.style == "chat"
+    encoded = prompts.encode({"text": "card charged twice", "channel": "email"}, tasks.templates[0])
+    trunk, tails = tokenizer.decode(encoded.trunk), [tokenizer.decode(tail) for tail in encoded.tails]
+    assert trunk.startswith("<start_of_turn>user\nWhich team should handle the ticket? Answer with one of:")
+    assert trunk.endswith('Ticket: """card charged twice')
+    assert tails == [
+        '"""\nTopic:<end_of_turn>\n<start_of_turn>model\n',
+        '"""\nOne line for the """email""" lead:<end_of_turn>\n<start_of_turn>model\n',
+    ]
+    assert prompts.candidates(tasks.templates[0], 0) == ("billing", "shipping")  # the model's turn starts there
