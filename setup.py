@@ -26,6 +26,8 @@ setup(
         "pyyaml>=6",
         # The run report's charts: the job writes report.html when it publishes, so workers need it.
         "matplotlib>=3.8",
+        # Constrained decoding (extract tasks): JSON schema -> token masks (gemma_ops.constraints).
+        "llguidance==1.9.1",
     ],
     # The task files the --task shortcuts run.
     package_data={"transforms": ["tasks/*.yaml"]},

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from gemma_ops.branching import Branch, Brancher, Tree
+from gemma_ops.constraints import Constraints
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
-from gemma_ops.finish import FinishChecker
+from gemma_ops.finish import Finish, FinishChecker
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.model import GemmaModel, PrefixKV, Segment
 from gemma_ops.outputs import Completion, ScoreResult
@@ -75,6 +76,7 @@ class GemmaEngine:
         model.init_rope(self.max_context)
         stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
         self._finish = FinishChecker(stop_ids, self.max_context, tokenizer.decode)
+        self._constraints = Constraints(tokenizer.json_text(), model.config.vocab_size, stop_ids)
         self._caches = KVCacheAllocator(model.config, self.max_context, self.device, self.dtype, cache_shared_by)
         self._scorer = Scorer(model, config.max_batch_tokens, config.max_cached_prefixes)
         self._brancher = Brancher(model, config.max_batch_tokens)
@@ -155,7 +157,9 @@ class GemmaEngine:
 
     def _request(self, index: int, ids: list[int], params: SamplingParams, prefix: PrefixKV | None = None) -> Request:
         generator = make_generator(params, fallback_seed=content_seed(ids))
-        return Request(index, ids, params, generator, stops=self._finish.stop_strings(params), prefix=prefix)
+        grammar = self._constraints.start(params.json_schema) if params.json_schema is not None else None
+        stops = self._finish.stop_strings(params)
+        return Request(index, ids, params, generator, stops=stops, prefix=prefix, grammar=grammar)
 
     def _generate(self, waiting: list[Request], results: list[Completion | None]) -> None:
         if waiting:
@@ -201,11 +205,17 @@ class GemmaEngine:
         return self.model.logits(hidden)
 
     def _postprocess(self, requests: Sequence[Request], logits: torch.Tensor) -> None:
-        """logits [B, V] -> one new token per request, then its finish check."""
+        """logits [B, V] -> one new token per request (within its grammar, if it has one), then its finish
+        check: a grammar that is complete ends the request like a stop token."""
+        self._constraints.mask(logits, [r.grammar for r in requests])
         tokens = sample_batch(logits, [r.params for r in requests], [r.generator for r in requests])
         for request, token in zip(requests, tokens, strict=True):
             request.append(token)
+            if request.grammar is not None:
+                request.grammar.consume(token)
             verdict = self._finish.check(request.params, request.output, request.context_length, request.stops)
+            if request.grammar is not None and request.grammar.done and (verdict is None or verdict.reason == "length"):
+                verdict = Finish("stop")
             if verdict is not None:
                 request.finish(verdict)
 

@@ -25,6 +25,7 @@ class SamplingParams:
     seed: int | None = None  # None with temperature > 0: seeded from the prompt's tokens (reproducible)
     stop: tuple[str, ...] = field(default_factory=tuple)  # stop strings; matched text is cut from the output
     ignore_eos: bool = False
+    json_schema: str | None = None  # JSON text: decoding is constrained so the output is a document it accepts
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -41,6 +42,8 @@ class SamplingParams:
             object.__setattr__(self, "stop", tuple(self.stop))
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if self.json_schema is not None and not isinstance(self.json_schema, str):
+            raise ValueError(f"json_schema must be the schema's JSON text, got {type(self.json_schema).__name__}")
 
     @property
     def greedy(self) -> bool:

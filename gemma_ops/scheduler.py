@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gemma_ops.constraints import GrammarState
 from gemma_ops.finish import Finish, StopStrings
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.layers import PrefixKV
@@ -35,6 +36,7 @@ class Request:
     generator: torch.Generator | None  # None for greedy requests
     stops: StopStrings | None = None  # its stop strings' matching state
     prefix: PrefixKV | None = None  # the prompt starts with these keys/values, computed already: not prefilled
+    grammar: GrammarState | None = None  # params.json_schema's state: which tokens may come next
     slot: int = -1
     output: list[int] = field(default_factory=list)
     finish_reason: FinishReason | None = None

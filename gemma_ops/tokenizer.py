@@ -63,6 +63,12 @@ class GemmaTokenizer:
         """Tokens that end a generation: EOS and, where the vocabulary has it, <end_of_turn>."""
         return frozenset(i for i in (self.eos_id, self.end_of_turn_id) if i is not None)
 
+    def json_text(self) -> str | None:
+        """The tokenizer.json this tokenizer was loaded from, as text (None for a bare SentencePiece model)."""
+        if self._kind != "hf":
+            return None
+        return self._backend.backend_tokenizer.to_str()
+
     def encode(self, text: str, add_bos: bool = True, allow_special: bool = True) -> list[int]:
         return self.encode_batch([text], add_bos=add_bos, allow_special=allow_special)[0]
 

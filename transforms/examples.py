@@ -29,14 +29,16 @@ MAX_EXAMPLES = 200  # a few-shot prompt, not a training set: more belongs in `ma
 @dataclass(frozen=True)
 class Example:
     text: str
-    answer: str | tuple[str, ...]  # a label, a list of labels (multi_label), or the expected output
+    answer: str | tuple[str, ...]  # a label, a list of labels (multi_label), the expected output, or its JSON
     fields: tuple[tuple[str, str], ...] = ()  # other fields, for prompts with {field} placeholders
 
     def field(self, name: str) -> str | None:
         return dict(self.fields).get(name)
 
 
-def _as_example(item: Any, text_field: str, answer_field: str, multi: bool, place: str) -> Example:
+def _as_example(
+    item: Any, text_field: str, answer_field: str, multi: bool, place: str, structured: bool = False
+) -> Example:
     if not isinstance(item, Mapping):
         raise TaskFileError(
             f"{place}: expected a mapping like {{{text_field}: ..., {answer_field}: ...}}, got {item!r}"
@@ -45,7 +47,16 @@ def _as_example(item: Any, text_field: str, answer_field: str, multi: bool, plac
     if not isinstance(text, str) or not text.strip():
         raise TaskFileError(f"{place}: has no text in field {text_field!r} (fields: {sorted(item)})")
     answer = item.get(answer_field)
-    if multi:
+    if structured:  # extract: a mapping, kept as its JSON text (checked against the schema by the task)
+        if isinstance(answer, str):
+            try:
+                answer = json.loads(answer)
+            except json.JSONDecodeError as err:
+                raise TaskFileError(f"{place}: field {answer_field!r} is not JSON: {err}") from err
+        if not isinstance(answer, Mapping):
+            raise TaskFileError(f"{place}: field {answer_field!r} must be a mapping of the schema's properties")
+        answer = json.dumps(answer, ensure_ascii=False)
+    elif multi:
         answer = [a.strip() for a in answer.split(",")] if isinstance(answer, str) else answer
         if not isinstance(answer, list) or not all(isinstance(a, str) for a in answer):
             raise TaskFileError(f"{place}: field {answer_field!r} must list the labels that apply, e.g. [a, b]")
@@ -59,12 +70,13 @@ def _as_example(item: Any, text_field: str, answer_field: str, multi: bool, plac
 
 
 def load_examples(
-    value: Any, place: str, answer_field: str, multi: bool, read: Callable[[str], bytes]
+    value: Any, place: str, answer_field: str, multi: bool, read: Callable[[str], bytes], structured: bool = False
 ) -> tuple[Example, ...]:
-    """The examples a task file gives, inline or from a file; errors name the file and line."""
+    """The examples a task file gives, inline or from a file; errors name the file and line. ``structured``:
+    each answer is a mapping (an extract task's output), kept as JSON text."""
     if isinstance(value, list):
         found = tuple(
-            _as_example(item, "text", answer_field, multi, f"{place}: example {n}")
+            _as_example(item, "text", answer_field, multi, f"{place}: example {n}", structured)
             for n, item in enumerate(value, start=1)
         )
         return _bounded(found, place)
@@ -84,7 +96,7 @@ def load_examples(
             item = json.loads(line)
         except json.JSONDecodeError as err:
             raise TaskFileError(f"{place}: {path} line {n} is not JSON: {err}") from err
-        found.append(_as_example(item, text_field, label_field, multi, f"{place}: {path} line {n}"))
+        found.append(_as_example(item, text_field, label_field, multi, f"{place}: {path} line {n}", structured))
         if len(found) == limit:
             break
     return _bounded(tuple(found), place)

@@ -1,4 +1,4 @@
-"""Task kinds and the --task shortcuts. A kind (classify, generate) builds a task from its task-file entry; a
+"""Task kinds and the --task shortcuts. A kind (classify, generate, extract) builds a task from its task-file entry; a
 shortcut (sentiment, classify, summarize) is a task file shipped with the package, with the shortcut flags
 (--labels, --no_calibration, --max_new_tokens, ...) written over it. The CLI's choices and help, the Flex
 Template's parameter, ``plan`` and the pipeline all read these tables, so a task is listed once."""
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.files import read_bytes
 from transforms.classify import ClassifyTask, parse_labels
+from transforms.extract import ExtractTask
 from transforms.generate import GenerateTask
 from transforms.task import Task, TaskSet
 from transforms.taskfile import TaskFile, TaskFileError, load_task_file, parse_task_file, where
@@ -26,6 +27,7 @@ Reader = Callable[[str], bytes]
 KINDS: dict[str, Callable[[Mapping[str, Any], TaskFile, Reader], Task]] = {
     "classify": lambda raw, file, read: ClassifyTask.from_spec(raw, file.source, read),
     "generate": lambda raw, file, read: GenerateTask.from_spec(raw, file.source, read, file.input_label),
+    "extract": lambda raw, file, read: ExtractTask.from_spec(raw, file.source, read),
 }
 
 

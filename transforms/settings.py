@@ -17,7 +17,7 @@ class TaskSettings:
         None,
         metavar="FILE",
         pattern=r"^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9]/.+$",
-        help="YAML (or JSON) file, local or gs://, describing one or more tasks (classify, generate) to run "
+        help="YAML (or JSON) file, local or gs://, describing one or more tasks (classify, generate, extract) to run "
         "over every record in one pass; each task's columns are prefixed with its name. Replaces --task.",
     )
     task: str = setting(

@@ -139,6 +139,10 @@ class TaskSet:
         self.explains = any(task.explains for task in tasks)
         self.templates, self._spans = self._templates()
         self._slots = sorted(set().union(*(task.slots() for task in tasks)))
+        names = self.schema().names
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:  # e.g. task "run" with a property "id" beside the lineage column run_id
+            raise ValueError(f"column {twice[0]!r} would appear twice in the rows; rename a task or a property")
 
     @property
     def name(self) -> str:

@@ -11,6 +11,9 @@ before any worker starts. Every error names the file, the task and the key, and 
       - name: note
         kind: generate
         prompt: "One sentence for the support lead:"
+      - name: ticket               # columns ticket_product, ticket_amount, typed by the schema
+        kind: extract
+        schema: {type: object, properties: {product: {type: string}, amount: {type: [number, "null"]}}}
 
 Each kind declares its keys (``KEYS``); a key that no kind knows is refused with the closest known one.
 """
@@ -66,7 +69,7 @@ COMMON_KEYS = {
     "examples": Key(
         lambda v: isinstance(v, (list, str, dict)),
         "a list of {text: ..., label: ...} (or output: "
-        "for generate), a JSONL path (local or gs://), or {path: ..., text_field: ..., label_field: ...}",
+        "for generate and extract), a JSONL path (local or gs://), or {path: ..., text_field: ..., label_field: ...}",
     ),
 }
 KEYS: dict[str, dict[str, Key]] = {
@@ -109,6 +112,19 @@ KEYS: dict[str, dict[str, Key]] = {
         "temperature": Key(lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 is greedy)"),
         "seed": Key(lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
         "output": Key(lambda v: isinstance(v, str) and bool(NAME.match(v)), "a column name like summary"),
+    },
+    "extract": {
+        **COMMON_KEYS,
+        "schema": Key(
+            lambda v: isinstance(v, dict) or _is_text(v),
+            "a JSON schema of type object (YAML or JSON), e.g. {type: object, properties: {product: {type: string}}}",
+            required=True,
+        ),
+        "max_new_tokens": Key(
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number of tokens, at least 1"
+        ),
+        "temperature": Key(lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 is greedy)"),
+        "seed": Key(lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
     },
 }
 FILE_KEYS = {

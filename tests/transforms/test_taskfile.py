@@ -73,7 +73,7 @@ def classify(extra: str = "", labels: str = "[billing, shipping]") -> str:
         ),
         (
             "tasks:\n  - name: topic\n    kind: translate\n",
-            "t.yaml: task 'topic': key 'kind': expected one of classify, generate, got 'translate'",
+            "t.yaml: task 'topic': key 'kind': expected one of classify, generate, extract, got 'translate'",
         ),
         (
             "tasks:\n  - kind: classify\n    labels: [a, b]\n",
