@@ -20,6 +20,8 @@ import pyarrow as pa
 
 SCALARS = {"string": pa.string(), "number": pa.float64(), "integer": pa.int64(), "boolean": pa.bool_()}
 TYPES = (*SCALARS, "array", "object")
+# Integers the grammar lets the model write: inside INT64 (llguidance cannot build the full INT64 range).
+INTEGER_BOUND = 10**18
 PROPERTY = re.compile(r"^[a-z][a-z0-9_]{0,59}$")  # a column (or struct field) name every sink accepts
 ANY_KEYS = {"type", "description", "title"}
 KEYS_BY_TYPE = {
@@ -67,6 +69,10 @@ def normalize(schema: Any, at: str = "schema") -> dict[str, Any]:
     object closed, a nullable enum listing null. SchemaError names the keyword and where it is."""
     if not isinstance(schema, Mapping):
         raise SchemaError(f"{at}: expected a mapping (a JSON schema object), got {type(schema).__name__}")
+    if "type" not in schema and "enum" not in schema:
+        others = sorted(set(schema) - ANY_KEYS)
+        what = f"keyword {others[0]!r} is not supported" if others else "no type"
+        raise SchemaError(f"{at}: {what}; write a type ({', '.join(TYPES)}) or an enum")
     kind, nullable = _type_of(schema, at)
     unknown = sorted(set(schema) - KEYS_BY_TYPE[kind])
     if unknown:
@@ -117,8 +123,10 @@ def _object(schema: Mapping[str, Any], at: str) -> dict[str, Any]:
 
 
 def grammar_schema(node: Mapping[str, Any]) -> dict[str, Any]:
-    """A normalized schema as plain JSON schema (the internal marks dropped)."""
+    """A normalized schema as plain JSON schema (the internal marks dropped, integers bounded to fit INT64)."""
     out: dict[str, Any] = {}
+    if node.get("_kind") == "integer":
+        out.update(minimum=-INTEGER_BOUND, maximum=INTEGER_BOUND)
     for key, value in node.items():
         if key.startswith("_"):
             continue
