@@ -12,6 +12,7 @@ half a GB); each distinct schema is compiled once, and every request gets a copy
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -67,6 +68,7 @@ class Constraints:
         self._executor = None
         self._templates: dict[str, object] = {}
         self._bitmask: torch.Tensor | None = None  # int32 [rows, ceil(V / 32)], grown as needed
+        self.mask_seconds = 0.0  # time spent filling and applying masks: what constraints add to each step
 
     def _ready(self) -> None:
         if self._tokenizer is not None:
@@ -101,6 +103,7 @@ class Constraints:
             return
         from llguidance.torch import fill_next_token_bitmask_par
 
+        started = time.perf_counter()
         words = (self._vocab_size + 31) // 32
         if self._bitmask is None or self._bitmask.shape[0] < len(rows):
             self._bitmask = torch.empty(len(states), words, dtype=torch.int32)
@@ -110,6 +113,7 @@ class Constraints:
         allowed = unpack_bitmask(bitmask, logits.shape[-1]).to(logits.device, non_blocking=True)  # [n, V] bool
         index = torch.tensor(rows, device=logits.device)
         logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
+        self.mask_seconds += time.perf_counter() - started
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
