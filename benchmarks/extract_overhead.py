@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first constrained call (token table + compile + 2 records): {time.perf_counter() - started:.1f} s")
     engine.generate(prompts[:2], arms["free"])
     totals = {arm: {"seconds": 0.0, "tokens": 0, "valid": 0} for arm in arms}
-    mask_before = engine._constraints.mask_seconds
+    mask_before = engine.mask_seconds
     for first in range(0, len(prompts), args.chunk):
         chunk = prompts[first : first + args.chunk]
         order = list(arms) if (first // args.chunk) % 2 == 0 else list(reversed(arms))
@@ -76,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             totals[arm]["seconds"] += time.perf_counter() - start
             totals[arm]["tokens"] += sum(len(out.token_ids) for out in outs)
             totals[arm]["valid"] += sum(valid(task, out) for out in outs)
-    mask = engine._constraints.mask_seconds - mask_before
+    mask = engine.mask_seconds - mask_before
     print(
-        f"{len(prompts)} records, chunks of {args.chunk}, dtype {args.dtype}, max_new_tokens {task.params.max_new_tokens}"
+        f"{len(prompts)} records, chunks of {args.chunk}, dtype {args.dtype}, "
+        f"max_new_tokens {task.params.max_new_tokens}"
     )
     print(f"{'arm':>12} {'seconds':>8} {'out tokens':>10} {'tokens/s':>9} {'valid':>7}")
     for arm, t in totals.items():

@@ -87,6 +87,11 @@ class GemmaEngine:
         """Prompt tokens run through the model so far (prefills, scoring, shared prefixes): what sharing saves."""
         return self._prefill_tokens + self._scorer.tokens_fed + self._brancher.tokens_fed
 
+    @property
+    def mask_seconds(self) -> float:
+        """Time spent so far filling and applying constrained requests' token masks (``json_schema``)."""
+        return self._constraints.mask_seconds
+
     @classmethod
     def from_pretrained(
         cls,
