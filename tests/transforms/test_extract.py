@@ -296,3 +296,23 @@ def test_output_that_breaks_the_schema_is_a_parse_dead_letter():
 
 def test_schema_errors_are_value_errors():
     assert issubclass(SchemaError, ValueError)
+
+
+def test_the_fingerprint_follows_the_schema():
+    changed = TICKETS.replace("maxLength: 20", "maxLength: 30")
+    assert task_set().fingerprint() == task_set().fingerprint() != task_set(changed).fingerprint()
+
+
+def test_the_shipped_example_is_valid_for_its_input():
+    from pathlib import Path
+
+    from pipelines.options import JobConfig
+    from pipelines.preflight import preflight
+    from transforms.registry import make_task_set
+
+    folder = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    config = JobConfig(input=str(folder / "tickets.jsonl"), output="-", task_file=str(folder / "ticket_extract.yaml"))
+    tasks = make_task_set(config)
+    preflight(config, tasks)
+    assert tasks.schema().names[1:5] == ["ticket_product", "ticket_issue", "ticket_refund_requested", "ticket_amount"]
+    assert len(tasks.tasks[0].examples) == 3
