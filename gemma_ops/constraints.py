@@ -110,7 +110,10 @@ class Constraints:
         bitmask = self._bitmask[: len(rows)]  # [n, W], contiguous
         bitmask.fill_(-1)
         fill_next_token_bitmask_par(self._executor, [(states[row].matcher, n) for n, row in enumerate(rows)], bitmask)
-        allowed = unpack_bitmask(bitmask, logits.shape[-1]).to(logits.device, non_blocking=True)  # [n, V] bool
+        if logits.device.type == "cpu":
+            allowed = unpack_bitmask(bitmask, logits.shape[-1])  # [n, V] bool
+        else:  # ship the packed words (32x smaller) and unpack them on the device
+            allowed = unpack_bitmask_on(bitmask.to(logits.device), logits.shape[-1])
         index = torch.tensor(rows, device=logits.device)
         logits[index] = logits[index].masked_fill(~allowed, float("-inf"))
         self.mask_seconds += time.perf_counter() - started
@@ -121,6 +124,16 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
     bitmask's 32W are forbidden."""
     bits = np.unpackbits(bitmask.numpy().view(np.uint8), axis=1, bitorder="little")  # [n, 32W], little-endian words
     allowed = torch.from_numpy(bits[:, :vocab].astype(bool))
+    if allowed.shape[1] < vocab:
+        allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=False)
+    return allowed
+
+
+def unpack_bitmask_on(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """``unpack_bitmask`` with torch ops, on the bitmask's own device (an accelerator)."""
+    shifts = torch.arange(32, device=bitmask.device, dtype=torch.int32)
+    bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # [n, W, 32]
+    allowed = bits.reshape(bitmask.shape[0], -1)[:, :vocab].bool()  # [n, min(32W, vocab)]
     if allowed.shape[1] < vocab:
         allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=False)
     return allowed

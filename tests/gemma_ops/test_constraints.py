@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gemma_ops import GemmaEngine, SamplingParams
-from gemma_ops.constraints import compile_json_schema, unpack_bitmask
+from gemma_ops.constraints import compile_json_schema, unpack_bitmask, unpack_bitmask_on
 from inference.requests import Answer
 from transforms.extract import ExtractTask
 from transforms.json_schema import check_value, normalize
@@ -40,6 +40,9 @@ def test_unpack_bitmask_reads_little_endian_words():
     assert not allowed[0, 3:32].any() and allowed[0, 32:64].all()
     assert not allowed[:, 64:].any()  # past the bitmask: forbidden
     assert allowed[1].nonzero().flatten().tolist() == [63]
+    random = torch.randint(-(2**31), 2**31, (3, 5), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    for vocab in (150, 160, 170):  # the accelerator path unpacks the same bits
+        assert torch.equal(unpack_bitmask_on(random, vocab), unpack_bitmask(random, vocab))
 
 
 def test_an_unsupported_schema_names_the_keyword():
