@@ -5,6 +5,7 @@ the embedded model where the model already writes valid output."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -110,17 +111,16 @@ def test_constrained_greedy_equals_unconstrained_greedy_where_the_output_is_vali
     )
     task = ExtractTask("ticket", schema)
     head = (
+        "Extract the fields as JSON.\n\n"
         'Ticket: """My Acme blender arrived broken, I want my $49.99 back."""\nJSON:\n'
         '{"product": "Acme blender", "issue": "defect", "refund_requested": true, "amount": 49.99}\n\n'
-        'Ticket: """Where is my parcel? The lamp was due Monday."""\nJSON:\n'
-        '{"product": "lamp", "issue": "shipping", "refund_requested": false, "amount": null}\n\n'
     )
-    prompts = [
-        head + 'Ticket: """I was charged twice for my Zen headphones."""\nJSON:\n',
-        head + 'Ticket: """The kettle leaks. Please refund the 20 dollars."""\nJSON:\n',
+    prompts = [  # prompts where this model writes valid JSON unaided (not every prompt is one)
+        head + 'Ticket: """I was charged twice for my Zen headphones subscription."""\nJSON:\n',
+        head + 'Ticket: """Where is my parcel? The lamp was due Monday."""\nJSON:\n',
     ]
-    constrained = engine.generate(prompts, task.params)
-    free = engine.generate(prompts, SamplingParams(max_new_tokens=task.params.max_new_tokens, stop=("\n",)))
+    constrained = engine.generate(prompts, replace(task.params, max_new_tokens=64))
+    free = engine.generate(prompts, SamplingParams(max_new_tokens=64, stop=("\n",)))
     for c, f in zip(constrained, free, strict=True):
         check_value(json.loads(f.text), schema)  # the model writes valid output here unaided ...
         assert (c.text, c.finish_reason) == (f.text, "stop")  # ... and the constraint changes nothing
