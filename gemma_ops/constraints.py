@@ -42,10 +42,10 @@ class GrammarState:
     def __init__(self, matcher) -> None:
         self.matcher = matcher  # llguidance.LLMatcher, a copy owned by this request
 
-    def consume(self, token: int) -> None:
-        """Advance past a sampled token (always one the mask allowed)."""
-        if not self.matcher.consume_token(token):
-            raise RuntimeError(f"token {token} broke the grammar: {self.matcher.get_error()}")
+    def consume(self, token: int) -> bool:
+        """Advance past a sampled token; False when the grammar refused it (only possible when it allowed no
+        token at all, e.g. an unsatisfiable schema): the request then ends with finish_reason "error"."""
+        return bool(self.matcher.consume_token(token))
 
     @property
     def done(self) -> bool:

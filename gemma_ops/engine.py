@@ -216,11 +216,12 @@ class GemmaEngine:
         tokens = sample_batch(logits, [r.params for r in requests], [r.generator for r in requests])
         for request, token in zip(requests, tokens, strict=True):
             request.append(token)
-            if request.grammar is not None:
-                request.grammar.consume(token)
             verdict = self._finish.check(request.params, request.output, request.context_length, request.stops)
-            if request.grammar is not None and request.grammar.done and (verdict is None or verdict.reason == "length"):
-                verdict = Finish("stop")
+            if request.grammar is not None:
+                if not request.grammar.consume(token):
+                    verdict = Finish("error")
+                elif request.grammar.done and (verdict is None or verdict.reason == "length"):
+                    verdict = Finish("stop")
             if verdict is not None:
                 request.finish(verdict)
 

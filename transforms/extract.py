@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from common.text import preview
+from gemma_ops.constraints import compile_json_schema
 from gemma_ops.sampling import SamplingParams
 from inference.requests import Answer, Piece, Question
 from transforms.examples import Example, load_examples
@@ -107,7 +108,8 @@ class ExtractTask(Task):
             schema = normalize(spec)
             if schema["_kind"] != "object" or schema["_nullable"]:
                 raise SchemaError("schema: the top level must be type: object (each property becomes a column)")
-        except SchemaError as err:
+            compile_json_schema(schema_json(schema))  # what the grammar library refuses, refused now
+        except ValueError as err:
             raise TaskFileError(f"{place}: {err}") from err
         examples: tuple[Example, ...] = ()
         if "examples" in raw:

@@ -86,6 +86,9 @@ def normalize(schema: Any, at: str = "schema") -> dict[str, Any]:
             if not _count(schema[key]):
                 raise SchemaError(f"{at}: {key} must be a whole number >= 0, got {schema[key]!r}")
             out[key] = schema[key]
+    for low, high in (("minLength", "maxLength"), ("minItems", "maxItems")):
+        if out.get(low, 0) > out.get(high, out.get(low, 0)):
+            raise SchemaError(f"{at}: {low} {out[low]} is above {high} {out[high]}; no value could match")
     if "enum" in schema:
         out["enum"] = [v for v in schema["enum"] if v is not None] + ([None] if nullable else [])
     if kind == "array":

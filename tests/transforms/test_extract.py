@@ -208,6 +208,10 @@ def test_values_that_break_the_schema_are_refused(schema, value, message):
             "additionalProperties may only be false",
         ),
         ({"type": "string"}, "the top level must be type: object"),
+        (
+            {"type": "object", "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}}},
+            "minLength 5 is above maxLength 2; no value could match",
+        ),
     ],
 )
 def test_unsupported_schemas_are_refused_naming_file_task_key_and_keyword(schema, message):
