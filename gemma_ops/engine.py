@@ -18,6 +18,7 @@ import torch
 from gemma_ops.branching import Branch, Brancher, Tree
 from gemma_ops.constraints import Constraints
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
+from gemma_ops.features import FeatureReader, FeatureResult
 from gemma_ops.finish import Finish, FinishChecker
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.model import GemmaModel, PrefixKV, Segment
@@ -80,6 +81,7 @@ class GemmaEngine:
         self._caches = KVCacheAllocator(model.config, self.max_context, self.device, self.dtype, cache_shared_by)
         self._scorer = Scorer(model, config.max_batch_tokens, config.max_cached_prefixes)
         self._brancher = Brancher(model, config.max_batch_tokens)
+        self._features = FeatureReader(model, config.max_batch_tokens, config.max_cached_prefixes)
         self._prefill_tokens = 0
 
     @property
@@ -307,3 +309,26 @@ class GemmaEngine:
         for (index, b), completion in zip(flat, completions, strict=True):
             results[index][b] = completion
         return results  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------------------------------- features
+    def features(
+        self, prompts: Sequence[Prompt], *, pooling: str = "last", shared_prefix: Sequence[int] | None = None
+    ) -> list[FeatureResult]:
+        """Each prompt's final-norm hidden states pooled into one vector (gemma_ops.features), for a
+        classification head: one prefill per prompt, no candidates, no output layer. ``shared_prefix`` as for
+        ``score``: computed once and kept; a prompt's vector never depends on its batch-mates."""
+        if isinstance(prompts, str):
+            raise TypeError("features takes a list of prompts; wrap a single prompt in a list")
+        prefix_ids = tuple(int(t) for t in shared_prefix) if shared_prefix else ()
+        results: list[FeatureResult | None] = [None] * len(prompts)
+        fitting: list[tuple[int, list[int]]] = []
+        for index, (prompt, ids) in enumerate(zip(prompts, self._prompt_ids(prompts), strict=True)):
+            error = self._prompt_error(prompt, ids, room=0)
+            if error is not None:
+                results[index] = FeatureResult(None, len(ids), error)
+            else:
+                fitting.append((index, ids))
+        vectors = self._features.read(fitting, pooling, prefix_ids)
+        for index, ids in fitting:
+            results[index] = FeatureResult(vectors[index], len(ids))
+        return [r for r in results if r is not None]
