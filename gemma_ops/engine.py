@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from gemma_ops.adapters.lora import load_lora
 from gemma_ops.branching import Branch, Brancher, Tree
 from gemma_ops.constraints import Constraints
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
@@ -105,11 +106,16 @@ class GemmaEngine:
         max_batch_tokens: int = 4096,
         max_context: int = 4096,
         cache_shared_by: int = 1,
+        adapter: str | Path | None = None,
     ) -> GemmaEngine:
-        """Load a local HF-format Gemma checkpoint folder (see checkpoints.resolve_model for other sources)."""
+        """Load a local HF-format Gemma checkpoint folder (see checkpoints.resolve_model for other sources).
+        ``adapter``: a local LoRA folder in PEFT's format, checked and merged into the weights
+        (gemma_ops.adapters.lora)."""
         path = Path(path)
         device = resolve_device(device)
         model = load_model(path, device, resolve_dtype(dtype, device))
+        if adapter is not None:
+            load_lora(model, Path(adapter), path, path.name)
         config = EngineConfig(max_slots=max_slots, max_batch_tokens=max_batch_tokens, max_context=max_context)
         tokenizer = GemmaTokenizer.from_pretrained(path)
         return cls(model, tokenizer, config, model_name=path.name, cache_shared_by=cache_shared_by)

@@ -86,3 +86,21 @@ def build_tiny_checkpoint(family: str, folder: Path, **config_overrides) -> Path
 
 
 FAMILIES = ["gemma-mqa", "gemma-mha", "gemma2", "gemma3"]
+
+
+def build_tiny_lora(checkpoint: Path, folder: Path, seed: int = 5, **lora_config) -> Path:
+    """A PEFT LoRA adapter for a tiny checkpoint with random, nonzero A and B (PEFT starts B at zero, which
+    would make any parity check vacuous); saved with PEFT's own save_pretrained."""
+    from peft import LoraConfig, get_peft_model
+
+    from gemma_ops.tuning.lora import ALL_LINEAR, load_hf_model
+
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": list(ALL_LINEAR), "init_lora_weights": False}
+    model = get_peft_model(load_hf_model(checkpoint), LoraConfig(**{**settings, **lora_config}))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    return folder

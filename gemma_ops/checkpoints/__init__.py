@@ -87,6 +87,24 @@ def resolve_model(model: str) -> Path:
     raise FileNotFoundError(_not_a_model(model))
 
 
+def resolve_adapter(adapter: str) -> Path:
+    """Map an --adapter value (a local folder, or a gs:// folder copied once per worker) to a local folder."""
+    from gemma_ops.adapters.base import adapter_kind
+
+    def check(names: set[str], uri: str) -> None:
+        adapter_kind(names, uri)
+
+    if adapter.startswith("gs://"):
+        from gemma_ops.checkpoints.gcs import fetch_gcs_checkpoint
+
+        return fetch_gcs_checkpoint(adapter, cache_root() / "gcs-adapters", check=check, flag="--adapter")
+    path = Path(adapter).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"--adapter {adapter!r} is not a folder (expected a local folder or gs:// folder)")
+    check({p.name for p in path.iterdir()}, adapter)
+    return path
+
+
 def check_model(model: str, *, gcs_client: Any = None) -> None:
     """Raise FileNotFoundError when --model cannot resolve, cheaply: nothing is converted, copied or loaded.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -56,8 +56,18 @@ def safe_relative_path(relative: str) -> PurePosixPath:
     return path
 
 
-def list_model_objects(client: Any, uri: str) -> list[RemoteObject]:
-    """List the folder's objects (folder placeholders skipped); fail clearly when there is nothing to copy."""
+def _check_model_names(names: set[str], uri: str) -> None:
+    if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
+        raise FileNotFoundError(
+            f"--model {uri}: expected config.json and *.safetensors directly in the folder, found {sorted(names)[:10]}"
+        )
+
+
+def list_model_objects(
+    client: Any, uri: str, check: Callable[[set[str], str], None] = _check_model_names, flag: str = "--model"
+) -> list[RemoteObject]:
+    """List the folder's objects (folder placeholders skipped); fail clearly when there is nothing to copy.
+    ``check`` gets the names directly in the folder (a model needs config.json and *.safetensors)."""
     bucket, prefix = split_gcs_uri(uri)
     objects = []
     for blob in client.list_blobs(bucket, prefix=prefix):
@@ -67,12 +77,8 @@ def list_model_objects(client: Any, uri: str) -> list[RemoteObject]:
         safe_relative_path(relative)
         objects.append(RemoteObject(blob.name, relative, int(blob.size or 0), blob.generation))
     if not objects:
-        raise FileNotFoundError(f"--model {uri}: no objects under this prefix (expected a checkpoint folder)")
-    names = {PurePosixPath(o.relative).name for o in objects if "/" not in o.relative}
-    if "config.json" not in names or not any(n.endswith(".safetensors") for n in names):
-        raise FileNotFoundError(
-            f"--model {uri}: expected config.json and *.safetensors directly in the folder, found {sorted(names)[:10]}"
-        )
+        raise FileNotFoundError(f"{flag} {uri}: no objects under this prefix (expected a {flag[2:]} folder)")
+    check({PurePosixPath(o.relative).name for o in objects if "/" not in o.relative}, uri)
     return sorted(objects, key=lambda o: o.relative)
 
 
@@ -101,13 +107,22 @@ def check_gcs_checkpoint(uri: str, *, client: Any = None) -> None:
         raise FileNotFoundError(f"--model {uri}: {err}") from err
 
 
-def fetch_gcs_checkpoint(uri: str, cache_dir: Path, *, client: Any = None, max_workers: int = DEFAULT_WORKERS) -> Path:
-    """Return a local folder holding the checkpoint at ``uri``, downloading it on first use."""
+def fetch_gcs_checkpoint(
+    uri: str,
+    cache_dir: Path,
+    *,
+    client: Any = None,
+    max_workers: int = DEFAULT_WORKERS,
+    check: Callable[[set[str], str], None] = _check_model_names,
+    flag: str = "--model",
+) -> Path:
+    """Return a local folder holding the checkpoint (or, with ``check``, another folder such as an adapter) at
+    ``uri``, downloading it on first use."""
     if client is None:
         from google.cloud import storage
 
         client = storage.Client()
-    objects = list_model_objects(client, uri)
+    objects = list_model_objects(client, uri, check, flag)
     bucket_name, prefix = split_gcs_uri(uri)
     uri = f"gs://{bucket_name}/{prefix}"  # one cache entry for gs://b/m and gs://b/m/
     target = Path(cache_dir) / listing_digest(uri, objects)
