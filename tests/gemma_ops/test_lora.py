@@ -108,10 +108,10 @@ def test_corrupt_adapter_files_are_refused(tiny_checkpoints, tmp_path):
     adapter = build_tiny_lora(checkpoint, tmp_path / "adapter")
     weights = adapter / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(AdapterError, match="adapter_model.safetensors is not a readable safetensors file"):
+    with pytest.raises(AdapterError, match=r"adapter_model\.safetensors is not a readable safetensors file"):
         read_lora(adapter, config, "gemma3")
     (adapter / "adapter_config.json").write_text("{not json")
-    with pytest.raises(AdapterError, match="adapter_config.json is not readable JSON"):
+    with pytest.raises(AdapterError, match=r"adapter_config\.json is not readable JSON"):
         read_lora(adapter, config, "gemma3")
 
 
