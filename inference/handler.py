@@ -22,6 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from common import metrics
 from common.metrics import ENGINE_NAMESPACE
+from inference.adapters import LoadedAdapter
 from inference.batching import estimate_tokens
 from inference.failures import DeviceFailure, device_failure, is_device_failure
 from inference.requests import RecordRequest, RecordResponse, RunnerInfo, error_response
@@ -58,6 +59,13 @@ def _free_gpu_memory() -> list[int]:
     return [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
 
 
+def resolve_adapter_path(adapter: str) -> Path:
+    """The default adapter resolver (a local folder, or a gs:// folder copied once per worker)."""
+    from gemma_ops.checkpoints import resolve_adapter
+
+    return resolve_adapter(adapter)
+
+
 def resolve_model_path(model: str) -> Path:
     """The default model resolver, imported here so Beam code never needs torch."""
     from gemma_ops.checkpoints import resolve_model
@@ -78,6 +86,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, RecordRequest], tuple[Any, Recor
         *,
         engine_factory: Callable[..., Any] = build_engine,
         model_resolver: Callable[[str], Path] = resolve_model_path,
+        adapter_resolver: Callable[[str], Path] = resolve_adapter_path,
     ) -> None:
         settings = settings or ModelSettings()
         # Beam 2.77's BatchElements has no max_batch_weight: with an element_size_fn, min/max_batch_size are
@@ -86,6 +95,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, RecordRequest], tuple[Any, Recor
         self._settings = settings
         self._engine_factory = engine_factory
         self._model_resolver = model_resolver
+        self._adapter_resolver = adapter_resolver
         self._info: RunnerInfo | None = None
         counter = lambda name: Metrics.counter(ENGINE_NAMESPACE, name)  # noqa: E731
         self._prompt_tokens = counter(metrics.PROMPT_TOKENS)
@@ -102,16 +112,29 @@ class GemmaModelHandler(ModelHandler[tuple[Any, RecordRequest], tuple[Any, Recor
         start = time.perf_counter()
         model = self._settings.model
         path = self._model_resolver(model)
-        engine = self._load_engine(path, self._settings.engine_kwargs())
+        # a gs:// model is loaded from a cache folder named by a digest: the rows name the source instead
+        model_name = model.rstrip("/") if model.startswith("gs://") else None
+        kwargs = self._settings.engine_kwargs()
+        adapter = self._load_adapter(path, model_name or path.name) if self._settings.adapter else None
+        if adapter is not None and adapter.kind == "lora":
+            kwargs["adapter"] = adapter.folder
+        engine = self._load_engine(path, kwargs)
         seconds = time.perf_counter() - start
         _LOG.info("loaded %s from %s in %.1f s (pid %d)", model, path, seconds, os.getpid())
+        head = adapter.head(engine, path, model_name or path.name) if adapter is not None else None
         return EngineRunner(
             engine,
             self._settings,
             load_seconds=seconds,
-            # a gs:// model is loaded from a cache folder named by a digest: the rows name the source instead
-            model_name=model.rstrip("/") if model.startswith("gs://") else None,
+            model_name=model_name,
+            head=head,
+            adapter=adapter.lineage if adapter is not None else None,
         )
+
+    def _load_adapter(self, path: Path, model_name: str) -> LoadedAdapter:
+        """The job's adapter folder, read and hashed (a LoRA one is merged by the engine factory)."""
+        source = str(self._settings.adapter)
+        return LoadedAdapter.read(source, self._adapter_resolver(source))
 
     def _load_engine(self, path: Path, engine_kwargs: dict[str, Any]) -> Any:
         """The engine, on the GPU chosen for it. Copies that go on GPUs load one at a time (a machine-wide

@@ -132,6 +132,7 @@ class RecordResponse:
     # wrote (what this record cost the model), and when it ended (Unix seconds).
     inference_ms: float = 0.0
     finished_at: float = 0.0
+    adapter: str | None = None  # the adapter the answers came through (lineage: its source and hash)
 
     @property
     def output_tokens(self) -> int:

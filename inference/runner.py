@@ -29,6 +29,7 @@ from typing import Any
 from gemma_ops.branching import Branch, Tree
 from inference.calibration import Attempts, CalibrationFailed, Priors
 from inference.calls import ShrinkingCalls
+from inference.heads import head_answers, head_mismatch
 from inference.long_documents import LongQuestion, LongReading, read_long_texts
 from inference.prompts import EncodedPrompt, PromptEncoder
 from inference.requests import TEXT_FIELD, Answer, PromptTemplate, RecordRequest, RecordResponse, RunnerInfo
@@ -61,8 +62,12 @@ class EngineRunner:
         *,
         load_seconds: float = 0.0,
         model_name: str | None = None,
+        head: Any = None,
+        adapter: str | None = None,
     ) -> None:
-        """``model_name``: the lineage name for rows (default: the engine's, i.e. the checkpoint folder's)."""
+        """``model_name``: the lineage name for rows (default: the engine's, i.e. the checkpoint folder's).
+        ``head``: a ClassificationHead that answers the scored questions (``inference.heads``); ``adapter``: the
+        lineage name of the adapter the job runs with (a merged LoRA or the head), e.g. ``DIR@sha256:...``."""
         settings = settings or ModelSettings()
         self._engine = engine
         self._model_name = model_name or str(engine.model_name)
@@ -74,6 +79,8 @@ class EngineRunner:
             settings.on_overflow,
         )
         self._load_seconds = load_seconds
+        self._head = head
+        self._adapter = adapter
         self._read_long_documents = settings.long_documents == "chunk"
         self._lock = threading.Lock()
         self._priors = Priors(self.prompts, self._score)
@@ -103,8 +110,17 @@ class EngineRunner:
             answers: dict[tuple[int, int, int], Answer] = {}
             readings: dict[tuple[int, int, int], LongReading] = {}
             alone = [a for a in asks if len(a.template.questions) == 1]  # asked as one prompt each, as always
-            scored = [a for a in alone if a.template.questions[a.question].scored] + variants
-            variant_scores = self._ask_scored(scored, answers, errors)
+            scored = [a for a in alone if a.template.questions[a.question].scored]
+            if self._head is not None:
+                self._ask_head(scored, answers, errors)
+                for ask in asks + variants:
+                    if len(ask.template.questions) > 1 or ask.variant is not None:
+                        errors.setdefault(ask.request, "a classification head answers classify tasks asked alone "
+                                          "in their template, without explain")  # fmt: skip
+                asks = [a for a in asks if len(a.template.questions) == 1]
+                variant_scores: dict = {}
+            else:
+                variant_scores = self._ask_scored(scored + variants, answers, errors)
             self._ask_generated([a for a in alone if not a.template.questions[a.question].scored], answers, errors)
             self._ask_shared([a for a in asks if len(a.template.questions) > 1], encoded, answers, errors)
             self._ask_long(long_asks, requests, answers, errors, readings)
@@ -191,6 +207,29 @@ class EngineRunner:
             errors.setdefault(ask.request, str(err))
             return
         answers[(ask.request, *ask.key)] = Answer(tuple(float(x) for x in result.logprobs), prior)
+
+    def _ask_head(self, asks: list[_Ask], answers: dict[tuple[int, int, int], Answer], errors: dict[int, str]) -> None:
+        """Scored questions answered by the head: one feature read per prompt, grouped by the shared head."""
+        groups: dict[tuple[tuple[str, ...], tuple[int, ...]], list[_Ask]] = {}
+        for ask in asks:
+            words = ask.template.questions[ask.question].words
+            mismatch = head_mismatch(self._head, words)
+            if mismatch:
+                errors.setdefault(ask.request, mismatch)
+                continue
+            groups.setdefault((words, ask.head), []).append(ask)
+        for (words, head), members in groups.items():
+            results = self._calls.run(
+                [ask.prompt for ask in members],
+                lambda chunk, words=words, head=head: head_answers(
+                    self._head, words, chunk, head, lambda p, pooling, prefix: self._engine.features(
+                        p, pooling=pooling, shared_prefix=prefix)),
+            )  # fmt: skip
+            for ask, result in zip(members, results, strict=True):
+                if isinstance(result, str):
+                    errors.setdefault(ask.request, result)
+                else:
+                    answers[(ask.request, *ask.key)] = result
 
     def _ask_generated(
         self, asks: list[_Ask], answers: dict[tuple[int, int, int], Answer], errors: dict[int, str]
@@ -284,13 +323,13 @@ class EngineRunner:
         tokens, truncated, chunks = _reading_cost(index, encoded.get(index, []), readings)
         tokens += variant_tokens  # each explained variant, after the shared head
         if index in errors:
-            return RecordResponse((), tokens, truncated, style, model, errors[index], chunks)
+            return RecordResponse((), tokens, truncated, style, model, errors[index], chunks, adapter=self._adapter)
         own = tuple(
             answers[(index, t, q)]
             for t, template in enumerate(request.templates)
             for q in range(len(template.questions))
         )
-        return RecordResponse(own, tokens, truncated, style, model, chunks=chunks)
+        return RecordResponse(own, tokens, truncated, style, model, chunks=chunks, adapter=self._adapter)
 
     def _score(self, prompts: list[list[int]], candidates: list[str], head: tuple[int, ...] | None) -> list[Any]:
         """Score with the template's head as the shared prefix: computed once, and each prompt's scores then

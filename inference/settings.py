@@ -33,6 +33,15 @@ class ModelSettings:
         "a .gguf file, or a gs:// checkpoint folder (copied once per worker).",
         pattern=f"^(embedded|{GCS_FOLDER})$",
     )
+    adapter: str | None = setting(
+        None,
+        metavar="DIR",
+        pattern=f"^{GCS_FOLDER}$",
+        help="A folder (local or gs://) made by make tune or by PEFT: a LoRA adapter (adapter_config.json + "
+        "adapter_model.safetensors), merged into the weights at load, or a classification head (head.json + "
+        "head.safetensors) that answers classify tasks from one read of each record. Refused before any record "
+        "runs when it was trained on another base model. A task file's adapter: key sets it too.",
+    )
     prompt_style: PromptStyle = setting(
         "auto",
         choices=PROMPT_STYLES,

@@ -26,7 +26,7 @@ from common.errors import UserInputError
 from pipelines.failure_report import failure_lines
 from pipelines.flags import check_flags
 from pipelines.options import JobConfig, add_cli_arguments, rename_labels_flag
-from pipelines.pipeline import build_pipeline
+from pipelines.pipeline import build_pipeline, with_task_adapter
 from pipelines.preflight import preflight
 from pipelines.progress import PROGRESS_LOGGER, summarize_run
 from pipelines.publish import staging_dir
@@ -80,6 +80,7 @@ def _start(argv: Sequence[str] | None) -> tuple[JobConfig, TaskSet, beam.Pipelin
     """Parse, check and build; raises UserInputError or ValueError before anything is written."""
     options, config = parse_args(argv)
     tasks = make_task_set(config)
+    config = with_task_adapter(config, tasks)
     preflight(config, tasks)
     pipeline = beam.Pipeline(options=options)
     outputs = build_pipeline(pipeline, config, tasks=tasks)

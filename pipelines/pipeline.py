@@ -3,6 +3,7 @@ check the accounting -> publish -> write the run report."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -23,6 +24,18 @@ from pipelines.skip_done import SkipDone
 from transforms.infer import InferTask
 from transforms.registry import make_task_set
 from transforms.task import TaskSet
+
+
+def with_task_adapter(config: JobConfig, tasks: TaskSet) -> JobConfig:
+    """The job's config with the task file's adapter: key as its --adapter; the two must agree when both are
+    given (ValueError)."""
+    if tasks.adapter is None or config.adapter == tasks.adapter:
+        return config
+    if config.adapter is not None:
+        raise ValueError(
+            f"--adapter {config.adapter} and the task file's adapter: {tasks.adapter} differ; give one of them"
+        )
+    return dataclasses.replace(config, adapter=tasks.adapter)
 
 
 def make_handler(config: JobConfig) -> GemmaModelHandler:
@@ -77,6 +90,7 @@ def build_pipeline(
     """Add the whole job to ``pipeline``; ``handler`` replaces the Gemma handler (tests use a fake one),
     ``tasks`` the config's tasks when the caller has built them already."""
     task = tasks or make_task_set(config)
+    config = with_task_adapter(config, task)
     records, read_errors = pipeline | "Read" >> ReadRecords(config.input, RecordSpec.of(config), config.input_format)
     rows, task_errors, skipped = _infer(records, config, task, handler or make_handler(config), progress)
     errors = (read_errors, task_errors) | "AllErrors" >> beam.Flatten()

@@ -54,6 +54,18 @@ def check_model(model: str) -> None:
         raise UserInputError(str(err)) from err
 
 
+def check_adapter(model: str, adapter: str) -> None:
+    """AdapterError (a ValueError: exit 2) when --adapter cannot run on a local --model: its files, shapes and
+    recorded base hash. A gs:// model is checked when the workers load it (before they answer any record)."""
+    from gemma_ops.adapters.check import check_adapter as check_folder
+    from gemma_ops.checkpoints import resolve_adapter, resolve_model
+
+    if model.startswith("gs://"):
+        return
+    checkpoint = resolve_model(model)
+    check_folder(resolve_adapter(adapter), checkpoint, checkpoint.name if model != "embedded" else model, adapter)
+
+
 def check_prompt_fields(tasks: TaskSet, records: Sequence[Record], source: str) -> None:
     """Raise TaskFileError for a prompt field that none of ``records`` has."""
     seen = set().union(*(record.extra for record in records)) if records else set()
@@ -85,6 +97,8 @@ def preflight(config: JobConfig, tasks: TaskSet) -> None:
     first problem."""
     check_input(config.input)
     check_model(config.model)
+    if config.adapter:
+        check_adapter(config.model, config.adapter)
     if not tasks.gold_fields and not any(task.slots() - set(ALWAYS_PRESENT) for task in tasks.tasks):
         return
     sample = read_sample(config.input, RecordSpec.of(config), SAMPLE_RECORDS, config.input_format)

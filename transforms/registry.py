@@ -63,7 +63,7 @@ def build_task_set(file: TaskFile, read: Reader = read_bytes, prefixed: bool = T
                 f"{where(file.source, raw['name'], 'gold')}: gold labels are scored for single-label tasks; "
                 "remove gold: or multi_label: true"
             )
-    return TaskSet(tasks, file.input_label, prefixed=prefixed, gold_fields=gold)
+    return TaskSet(tasks, file.input_label, prefixed=prefixed, gold_fields=gold, adapter=file.adapter)
 
 
 def with_gold_field(file: TaskFile, field: str) -> TaskFile:

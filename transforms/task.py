@@ -38,6 +38,7 @@ STYLES = ("completion", CHAT)
 LINEAGE_FIELDS = [
     pa.field("truncated", pa.bool_(), nullable=False),
     pa.field("model", pa.string(), nullable=False),
+    pa.field("adapter", pa.string(), nullable=True),  # --adapter: its source and sha256 (None without one)
     pa.field("prompt_tokens", pa.int64(), nullable=False),
     pa.field("output_tokens", pa.int64(), nullable=False),
     pa.field("chunks", pa.int64(), nullable=False),  # pieces the document was read in (--long_documents chunk)
@@ -122,9 +123,11 @@ class TaskSet:
         input_label: str = "Text",
         prefixed: bool = True,
         gold_fields: Mapping[str, str] | None = None,
+        adapter: str | None = None,
     ) -> None:
         """``gold_fields``: task name -> the input field holding its known label (the run report scores the
-        task against it); it changes no row, so it is not part of the fingerprint."""
+        task against it); it changes no row, so it is not part of the fingerprint. ``adapter``: the task file's
+        adapter: key, which the job runs with unless --adapter names one."""
         if not tasks:
             raise ValueError("a task set needs at least one task")
         if not prefixed and len(tasks) != 1:
@@ -137,6 +140,7 @@ class TaskSet:
         self.prefixed = prefixed
         self.gold_fields = dict(gold_fields or {})
         self.explains = any(task.explains for task in tasks)
+        self.adapter = adapter
         self.templates, self._spans = self._templates()
         self._slots = sorted(set().union(*(task.slots() for task in tasks)))
         names = self.schema().names
@@ -241,6 +245,7 @@ class TaskSet:
         row.update(
             truncated=response.truncated or record.truncated,
             model=response.model,
+            adapter=response.adapter,
             prompt_tokens=response.prompt_tokens,
             output_tokens=response.output_tokens,
             chunks=response.chunks,

@@ -133,6 +133,7 @@ FILE_KEYS = {
         lambda v: _is_text(v) and '"""' not in v and "\n" not in v,
         "a short word that introduces the record in prompts, e.g. Ticket",
     ),
+    "adapter": Key(_is_text, "an adapter folder (local or gs://) from make tune or PEFT, as for --adapter"),
 }
 
 
@@ -143,6 +144,7 @@ class TaskFile:
     source: str
     input_label: str
     tasks: tuple[Mapping[str, Any], ...]
+    adapter: str | None = None  # the file's adapter: key (the job's --adapter when that is not given)
 
 
 def where(source: str, task: str | None = None, key: str | None = None) -> str:
@@ -189,7 +191,7 @@ def parse_task_file(raw: Any, source: str) -> TaskFile:
         if task["name"] in names:
             raise TaskFileError(f"{where(source, label, 'name')}: two tasks are called {label!r}; names must differ")
         names.add(task["name"])
-    return TaskFile(source, raw.get("input_label", "Text"), tuple(raw["tasks"]))
+    return TaskFile(source, raw.get("input_label", "Text"), tuple(raw["tasks"]), raw.get("adapter"))
 
 
 def load_task_file(path: str, read: Callable[[str], bytes]) -> TaskFile:

@@ -181,6 +181,28 @@ def _rows(
     return start, end
 
 
+def weight_shape(config: GemmaConfig, target: str) -> tuple[int, int]:
+    """The [out, in] shape our fused weight ``target`` has for ``config`` (no weights needed)."""
+    hidden, heads = config.hidden_size, config.num_heads * config.head_dim
+    if target.endswith("qkv_proj.weight"):
+        return heads + 2 * config.num_kv_heads * config.head_dim, hidden
+    if target.endswith("o_proj.weight"):
+        return hidden, heads
+    if target.endswith("gate_up_proj.weight"):
+        return 2 * config.intermediate_size, hidden
+    if target.endswith("down_proj.weight"):
+        return hidden, config.intermediate_size
+    raise AdapterError(f"{target} is not a projection LoRA can adapt")
+
+
+def check_lora(adapter: LoraAdapter, config: GemmaConfig, checkpoint: Path, model_name: str) -> None:
+    """Every shape against ``config``, then the recorded base hash: what merging checks, without the weights
+    (the pipeline's preflight)."""
+    for delta in adapter.deltas:
+        _rows(delta, config, torch.empty(weight_shape(config, delta.target), device="meta"), adapter, model_name)
+    check_base(adapter.base, checkpoint, model_name, adapter.source)
+
+
 def merge_lora(model: GemmaModel, adapter: LoraAdapter, checkpoint: Path, model_name: str) -> None:
     """Check the adapter against the model (every shape, then the recorded base hash), then add it in place."""
     params = dict(model.named_parameters())
