@@ -60,6 +60,17 @@ bench-pipeline: setup
 bench-load: setup
 	$(PY) -m benchmarks.pipeline_load
 
+# Specialize a classify task with labelled examples (pipelines/tune.py): a head and/or a LoRA adapter, measured
+# against zero-shot and examples-in-prompt.  make tune INPUT=labelled.jsonl LABELS=a,b,c METHOD=head,lora
+# ADAPTER=adapters/topic  (or ARGS="--task_file tasks.yaml --task topic" instead of LABELS)
+LABELS ?=
+METHOD ?= head
+ADAPTER ?= adapters/tuned
+.PHONY: tune
+tune: setup
+	$(PY) -m pipelines.tune --input $(INPUT) --output $(ADAPTER) --method $(METHOD) --model $(MODEL) \
+		$(if $(LABELS),--labels $(LABELS),) $(ARGS)
+
 clean:
 	rm -rf $(VENV) out .pytest_cache
 
