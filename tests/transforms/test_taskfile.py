@@ -63,7 +63,8 @@ def classify(extra: str = "", labels: str = "[billing, shipping]") -> str:
         ("input_label: X\n", "t.yaml: key 'tasks' is missing; write tasks: a non-empty list of tasks"),
         (
             "taks: []\n",
-            "t.yaml: unknown key 'taks'; did you mean 'tasks'? the keys of a task file are: tasks, input_label, adapter",
+            "t.yaml: unknown key 'taks'; did you mean 'tasks'? "
+            "the keys of a task file are: tasks, input_label, adapter",
         ),
         (
             classify("    lables: [a]\n"),
