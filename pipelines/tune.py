@@ -233,6 +233,7 @@ class Tuner:
 
 @dataclass
 class MethodResult:
+    name: str
     predicted: dict[int, str | None]
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -271,7 +272,7 @@ def run(config: TuneConfig, out=sys.stdout) -> dict[str, Quality]:
         how = f"{len(held)} held-out examples ({config.holdout:.0%} of each label)"
     print(f"training on {len(examples)} examples; measured on {how}", file=sys.stderr)
     methods = ["zero-shot"] + (["examples in prompt"] if config.prompt_examples else []) + list(config.methods)
-    results = {m: MethodResult({}) for m in methods}
+    results = {m: MethodResult(m, {}) for m in methods}
     output = Path(config.output)
     final = len(splits) > 1  # k-fold: the saved adapters are trained on every example afterwards
     for number, (train_ids, eval_ids) in enumerate(splits, start=1):
@@ -320,10 +321,16 @@ def run(config: TuneConfig, out=sys.stdout) -> dict[str, Quality]:
     return qualities
 
 
-def _measure(result: MethodResult, ids: list[int], predict: Any, *args: Any) -> None:
+def _measure(result: MethodResult, ids: list[int], predict: Any, runner: Any, tasks: TaskSet, held: list) -> None:
+    """Predict the held-out examples; each split's figures go to stderr at once, so a long run that is stopped
+    later still leaves the methods it measured."""
     start = time.perf_counter()
-    result.predicted.update(zip(ids, predict(*args), strict=True))
+    predicted = predict(runner, tasks, held)
+    result.predicted.update(zip(ids, predicted, strict=True))
     result.eval_seconds += time.perf_counter() - start
+    names = [label.name for label in tasks.tasks[0].labels]
+    split = quality([e.label for e in held], predicted, names)
+    print(f"  {result.name} on this split: {split.line()} (train {result.train_seconds:.1f} s)", file=sys.stderr)
 
 
 def _folder(output: Path, method: str, config: TuneConfig) -> Path:
