@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--systems", default="engine,hf-single,hf-batched,score")
+    parser.add_argument("--systems", default="engine,hf-single,hf-batched,score", help="or none (with --llama-cpp)")
     parser.add_argument("--prompts", type=int, default=None, help="default: 48 (cpu) / 1000 (cuda)")
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 32 (cpu) / 128 (cuda)")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="cuda workload prompt length")
@@ -323,7 +323,8 @@ def main() -> None:
         f"device={args.device} dtype={args.dtype} threads={args.threads} prompts={args.prompts} "
         f"new_tokens={args.new_tokens} model={'random gemma-2b shape' if gpu else 'embedded gemma-3-270m'}"
     )
-    systems = args.systems.split(",") + (["llama-shape", "llama-cpp", "llama-shape"] if args.llama_cpp else [])
+    systems = [s for s in args.systems.split(",") if s not in ("", "none")]
+    systems += ["llama-shape", "llama-cpp", "llama-shape"] if args.llama_cpp else []
     results: dict[str, dict] = {}
     for name in systems:
         result = _spawn(name, argv)

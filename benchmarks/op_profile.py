@@ -179,7 +179,8 @@ def main() -> None:
     engine.score(scored, labels, restrict_vocab=True)
     score_wall = time.perf_counter() - start
     run_score = lambda: engine.score(scored, labels, restrict_vocab=True)  # noqa: E731
-    report("score (200 sentiment prompts, candidate rows only)", *profiled(run_score), score_wall)
+    title = f"score ({args.score_prompts} sentiment prompts, candidate rows only)"
+    report(title, *profiled(run_score), score_wall)
 
 
 if __name__ == "__main__":
