@@ -66,8 +66,9 @@ class Rope(nn.Module):
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [N, heads, Dh] rotated by the rows cos, sin [N, 1, Dh] of its positions."""
-        return torch.addcmul(x * cos, swap_halves(x), sin)
+        """x [N, heads, Dh] rotated by the rows cos, sin [N, 1, Dh] of its positions (rounded as transformers
+        rounds it: each product, then the sum)."""
+        return x * cos + swap_halves(x) * sin
 
 
 class Attention(nn.Module):
