@@ -9,7 +9,10 @@ with `score` and with `generate` + parsing the first word.
 GPU (`--device cuda`): random bfloat16 weights in the shape of google/gemma-2b, 1000 prompts of 512 random
 tokens, 128 new tokens, against HF batched generate on the same weights.
 
-    python -m benchmarks.engine_throughput [--device cuda] [--systems engine,hf-batched]
+With --llama-cpp (CPU), llama.cpp's llama-batched-bench on the embedded model as a BF16 GGUF and the engine on
+the same shape (48 prompts cut to 182 tokens, 32 new, ignore_eos), the engine run before and after it.
+
+    python -m benchmarks.engine_throughput [--device cuda] [--systems engine,hf-batched] [--llama-cpp]
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.cost_split import cost_split, describe
 
 # google/gemma-2b's config.json (its weights cannot be downloaded here; random ones have the same cost).
 GEMMA_2B_CONFIG = {
@@ -43,6 +48,7 @@ GEMMA_2B_CONFIG = {
     "pad_token_id": 0,
     "tie_word_embeddings": True,
 }
+LLAMA_SHAPE = (48, 182, 32)  # llama-batched-bench comparison: sequences, prompt tokens, new tokens (issue #14)
 H100_BOUND_TOKENS_PER_S = 34_000  # issue #2: 1000 x (512 + 128) at batch 256, from 3.35 TB/s and 989 TFLOP/s
 
 
@@ -118,7 +124,8 @@ def run_engine(args) -> dict:
     engine.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
     _sync(args.device)
     start = time.perf_counter()
-    outs = engine.generate(prompts, params)
+    with cost_split(engine.model, lambda: _sync(args.device)) as split:
+        outs = engine.generate(prompts, params)
     _sync(args.device)
     wall = time.perf_counter() - start
     return {
@@ -126,6 +133,41 @@ def run_engine(args) -> dict:
         "prompt_tokens": sum(o.prompt_tokens for o in outs),
         "wall_s": wall,
         "tokens": [list(o.token_ids) for o in outs],
+        "split": split,
+    }
+
+
+def run_llama_shape(args) -> dict:
+    """The engine on llama-batched-bench's shape: 48 prompts cut to 182 tokens, 32 new tokens, ignore_eos."""
+    from benchmarks.engine_ab import llama_shape_prompts
+    from gemma_ops import GemmaEngine, SamplingParams
+
+    engine = GemmaEngine.from_pretrained(_model_path(args), device=args.device, dtype=args.dtype, max_context=1024)
+    prompts = llama_shape_prompts(engine.tokenizer, LLAMA_SHAPE[0], LLAMA_SHAPE[1])
+    engine.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
+    start = time.perf_counter()
+    with cost_split(engine.model) as split:
+        outs = engine.generate(prompts, SamplingParams(max_new_tokens=LLAMA_SHAPE[2], ignore_eos=True))
+    wall = time.perf_counter() - start
+    return {"output_tokens": sum(len(o.token_ids) for o in outs), "wall_s": wall, "split": split}
+
+
+def run_llama_cpp(args) -> dict:
+    """llama-batched-bench on the same shape with the BF16 GGUF (built and converted on first use)."""
+    from benchmarks import llama_cpp
+
+    start = time.perf_counter()
+    bin_dir = llama_cpp.build()
+    gguf = llama_cpp.bf16_gguf(bin_dir)
+    setup_s = time.perf_counter() - start
+    sequences, prompt_tokens, new_tokens = LLAMA_SHAPE
+    result = llama_cpp.batched_bench(bin_dir, gguf, sequences, prompt_tokens, new_tokens, args.threads)
+    return {
+        "output_tokens": sequences * new_tokens,
+        "wall_s": result.total_s,
+        "generate_rate": result.generate_rate,
+        "prompt_rate": result.prompt_rate,
+        "setup_s": setup_s,
     }
 
 
@@ -190,8 +232,10 @@ def run_scoring(args) -> dict:
     figures = {}
     for name, kwargs in (("score_restricted", {"restrict_vocab": True}), ("score_full_vocab", {})):
         start = time.perf_counter()
-        engine.score(prompts, labels, **kwargs)
+        with cost_split(engine.model, lambda: _sync(args.device)) as split:
+            engine.score(prompts, labels, **kwargs)
         figures[name] = len(prompts) / (time.perf_counter() - start)
+        figures[f"{name}_split"] = split
     start = time.perf_counter()
     outs = engine.generate(prompts, SamplingParams(max_new_tokens=3))
     words = ("positive", "negative", "neutral")
@@ -213,6 +257,8 @@ SYSTEMS = {
     "hf-single": lambda args: run_hf(args, 1),
     "hf-batched": lambda args: run_hf(args, args.hf_batch),
     "score": run_scoring,
+    "llama-shape": run_llama_shape,
+    "llama-cpp": run_llama_cpp,
 }
 
 
@@ -224,6 +270,10 @@ def _child(args) -> None:
     result = SYSTEMS[args.child](args)
     result["peak_mb"] = _peak_memory_mb(args.device)
     print("RESULT " + json.dumps(result))
+
+
+def _rate(result: dict) -> float:
+    return result["output_tokens"] / result["wall_s"]
 
 
 def _spawn(system: str, argv: list[str]) -> dict:
@@ -240,7 +290,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--systems", default="engine,hf-single,hf-batched,score")
+    parser.add_argument("--systems", default="engine,hf-single,hf-batched,score", help="or none (with --llama-cpp)")
     parser.add_argument("--prompts", type=int, default=None, help="default: 48 (cpu) / 1000 (cuda)")
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 32 (cpu) / 128 (cuda)")
     parser.add_argument("--prompt-tokens", type=int, default=512, help="cuda workload prompt length")
@@ -250,6 +300,12 @@ def main() -> None:
     parser.add_argument("--max-context", type=int, default=1024)
     parser.add_argument("--score-prompts", type=int, default=200)
     parser.add_argument("--scratch", default="/tmp/gemma-bench")
+    parser.add_argument(
+        "--llama-cpp",
+        action="store_true",
+        help="also run llama.cpp's llama-batched-bench (built from the llama-cpp-python 0.3.36 sdist on first use, "
+        "~6 min, cached in ~/.cache/gemma-beam/llama-cpp) against the engine on 48 x 182 prompt + 32 new tokens",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     gpu = args.device == "cuda"
@@ -267,8 +323,15 @@ def main() -> None:
         f"device={args.device} dtype={args.dtype} threads={args.threads} prompts={args.prompts} "
         f"new_tokens={args.new_tokens} model={'random gemma-2b shape' if gpu else 'embedded gemma-3-270m'}"
     )
-    results = {name: _spawn(name, argv) for name in args.systems.split(",")}
-    gen = {k: v for k, v in results.items() if k != "score"}
+    systems = [s for s in args.systems.split(",") if s not in ("", "none")]
+    systems += ["llama-shape", "llama-cpp", "llama-shape"] if args.llama_cpp else []
+    results: dict[str, dict] = {}
+    for name in systems:
+        result = _spawn(name, argv)
+        if name in results:  # a second engine run on the llama shape (before and after llama.cpp): keep both
+            result = {**result, "rates": [*results[name].get("rates", [_rate(results[name])]), _rate(result)]}
+        results[name] = result
+    gen = {k: v for k, v in results.items() if k not in ("score", "llama-shape", "llama-cpp")}
     if gen:
         print(f"\n{'system':<12} {'out tokens':>10} {'wall s':>8} {'tok/s':>8} {'engine x':>9} {'peak MB':>8}")
         engine_rate = gen["engine"]["output_tokens"] / gen["engine"]["wall_s"] if "engine" in gen else None
@@ -281,14 +344,30 @@ def main() -> None:
             print(
                 f"engine greedy output identical to HF one-at-a-time on {same}/{len(gen['engine']['tokens'])} prompts"
             )
+        if "engine" in gen:
+            print(f"engine generation cost split: {describe(gen['engine']['split'])}")
         if gpu and engine_rate:
             share = engine_rate / H100_BOUND_TOKENS_PER_S
             print(f"engine at {share:.1%} of the H100 bound ({H100_BOUND_TOKENS_PER_S} tok/s)")
+    if args.llama_cpp:
+        ours, theirs = results["llama-shape"], results["llama-cpp"]
+        rates = ours["rates"]
+        sequences, prompt_tokens, new_tokens = LLAMA_SHAPE
+        print(f"\n{sequences} prompts x {prompt_tokens} tokens + {new_tokens} new (ignore_eos), {args.threads} threads")
+        print(f"  engine     : {' / '.join(f'{r:.1f}' for r in rates)} tokens/s (runs before / after llama.cpp)")
+        print(f"  engine cost split: {describe(ours['split'])}")
+        print(
+            f"  llama.cpp  : {_rate(theirs):.1f} tokens/s end to end (BF16 GGUF; "
+            f"its S_TG {theirs['generate_rate']:.1f}, S_PP {theirs['prompt_rate']:.1f}; "
+            f"setup {theirs['setup_s']:.0f} s)"
+        )
+        print(f"  engine / llama.cpp: {min(rates) / _rate(theirs):.2f}x (slower engine run)")
     if "score" in results:
         s = results["score"]
         print(f"\nscoring {args.score_prompts} short sentiment prompts (prompts/s):")
         print(f"  score, candidate rows only : {s['score_restricted']:8.1f}")
         print(f"  score, full vocabulary     : {s['score_full_vocab']:8.1f}")
+        print(f"  scoring cost split (candidate rows only): {describe(s['score_restricted_split'])}")
         valid = s["generate_parse_valid"]
         print(f"  generate 3 tokens + parse  : {s['generate_then_parse']:8.1f}  (valid labels {valid:.0%})")
         print(f"  peak MB: {s['peak_mb']:.0f}")

@@ -62,6 +62,20 @@ class KVCache:
         self.keys[layer][slot, :, index] = k[:, kept]
         self.values[layer][slot, :, index] = v[:, kept]
 
+    def write_packed(
+        self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...]
+    ) -> None:
+        """Store several prompts at once: k, v [S, kv_heads, L, head_dim] right-padded, prompt i's ``lengths[i]``
+        positions (0 ..) going to ``slots[i]``. Padding lands past a prompt's end, where each decode step writes
+        its position before any step reads it."""
+        if k.shape[2] > self.capacity(layer):  # a ring layer with a prompt past its window: one at a time
+            for i, n in enumerate(lengths):
+                self.write_prompt(layer, int(slots[i]), k[i, :, :n], v[i, :, :n])
+            return
+        length = k.shape[2]
+        self.keys[layer][slots, :, :length] = k
+        self.values[layer][slots, :, :length] = v
+
     def write_step(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Store one new token per running slot: k, v [B, kv_heads, head_dim] at positions [B] (slots 0..B-1)."""
         batch = k.shape[0]

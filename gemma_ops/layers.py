@@ -1,18 +1,17 @@
 """The decoder's building blocks: RMSNorm, RoPE, attention over packed sequences or the KV cache, the GeGLU MLP,
 and DecoderLayer, which owns one layer's whole residual step.
 
-Segment and PrefixKV describe how sequences are packed into one row; they live here because attention consumes them
-(model.py re-exports them for callers).
+Segment and PrefixKV (how sequences are packed into one row) live in gemma_ops.attention with the plan that batches
+their attention (model.py re-exports them for callers).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gemma_ops.attention import PackedPlan
 from gemma_ops.config import FULL, SLIDING, GemmaConfig
 from gemma_ops.kv_cache import KVCache
 
@@ -26,65 +25,24 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (normed * (1.0 + self.weight.float())).type_as(x)
+        scale = 1.0 + self.weight.float()
+        return F.rms_norm(x.float(), scale.shape, scale, self.eps).type_as(x)
 
 
-@dataclass(frozen=True)
-class PrefixKV:
-    """Keys/values of a token prefix shared by several sequences, per layer: [kv_heads, P, head_dim] each.
-
-    A prefix may extend a ``parent`` (a record's trunk extends the template head that every record shares): it
-    then holds only its own positions' keys and values, and ``tokens`` spells the whole prefix, parent included.
-    """
-
-    tokens: tuple[int, ...]
-    keys: tuple[torch.Tensor, ...]
-    values: tuple[torch.Tensor, ...]
-    parent: PrefixKV | None = None
-
-    @property
-    def length(self) -> int:
-        return len(self.tokens)
-
-    def keys_at(self, layer: int) -> torch.Tensor:
-        """[kv_heads, P, head_dim]: the whole prefix's keys for one layer, the parent's first."""
-        own = self.keys[layer]
-        return own if self.parent is None else torch.cat((self.parent.keys_at(layer), own), dim=1)
-
-    def values_at(self, layer: int) -> torch.Tensor:
-        own = self.values[layer]
-        return own if self.parent is None else torch.cat((self.parent.values_at(layer), own), dim=1)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One sequence inside a packed batch.
-
-    start/length locate its tokens in the packed row. ``branch`` (None for a plain prompt) gives, per token, 0 for
-    the shared prompt and k > 0 for the k-th branch; a branch token sees the prompt, its own branch and, given
-    ``parent``, its branch's parent (a candidate sees the question it answers). ``slot`` is the KV-cache slot its
-    keys/values are written to (None: nothing is cached).
-    ``prefix``: the sequence continues a shared prefix (its positions start at prefix.length) whose keys and
-    values were computed once; a cached segment's slot then holds the prefix's keys and values too.
-    """
-
-    start: int
-    length: int
-    slot: int | None = None
-    branch: torch.Tensor | None = None  # [length] int
-    prefix: PrefixKV | None = None
-    parent: torch.Tensor | None = None  # [length] int: the parent node of each token's branch (None: all 0)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    """[..., a | b] -> [..., b | a]; with a sign-folded sin table this is RoPE's rotate_half."""
     half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return torch.cat((x[..., half:], x[..., :half]), dim=-1)
+
+
+RopeAt = dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer type -> cos, signed sin [N, 1, Dh] for N positions
 
 
 class Rope(nn.Module):
-    """cos/sin tables per layer type, float32 like transformers, cast to the activation dtype when applied."""
+    """cos/sin tables per layer type, float32 like transformers, cast to the activation dtype when applied.
+
+    The sin table has rotate_half's sign folded in (-sin on the first half), so a rotation is
+    x * cos + swap_halves(x) * sin. ``at`` gathers the rows of one forward pass once for all layers."""
 
     def __init__(self, config: GemmaConfig, max_positions: int, device: torch.device | str) -> None:
         super().__init__()
@@ -96,15 +54,21 @@ class Rope(nn.Module):
             inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
             inv_freq = inv_freq / rope.linear_factor
             freqs = positions[:, None] * inv_freq[None, :]  # [P, dim/2]
-            emb = torch.cat((freqs, freqs), dim=-1)  # [P, dim]
-            self.tables[layer_type] = (emb.cos(), emb.sin())
+            sin = freqs.sin()
+            self.tables[layer_type] = (torch.cat((freqs, freqs), -1).cos(), torch.cat((-sin, sin), -1))
 
-    def apply(self, x: torch.Tensor, positions: torch.Tensor, layer_type: str) -> torch.Tensor:
-        """x [N, heads, dim] rotated by positions [N]."""
-        cos_table, sin_table = self.tables[layer_type]
-        cos = cos_table[positions].to(x.dtype)[:, None, :]
-        sin = sin_table[positions].to(x.dtype)[:, None, :]
-        return x * cos + rotate_half(x) * sin
+    def at(self, positions: torch.Tensor, dtype: torch.dtype) -> RopeAt:
+        """positions [N] -> per layer type the cos and signed sin rows [N, 1, Dh] in ``dtype``."""
+        return {
+            layer_type: (cos[positions].to(dtype)[:, None, :], sin[positions].to(dtype)[:, None, :])
+            for layer_type, (cos, sin) in self.tables.items()
+        }
+
+    @staticmethod
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [N, heads, Dh] rotated by the rows cos, sin [N, 1, Dh] of its positions (rounded as transformers
+        rounds it: each product, then the sum)."""
+        return x * cos + swap_halves(x) * sin
 
 
 class Attention(nn.Module):
@@ -120,25 +84,32 @@ class Attention(nn.Module):
         self.window = config.sliding_window if self.layer_type == SLIDING else None
         self.scaling = config.scaling
         self.softcap = config.attn_logit_softcapping
+        self.eps = config.rms_norm_eps
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        self.split = (q_size, kv_size, kv_size)
+        self.qk_size = q_size + kv_size
         self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
 
-    def _project(
-        self, x: torch.Tensor, positions: torch.Tensor, rope: Rope
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [N, D] -> q [N, H, Dh], k [N, KVH, Dh], v [N, KVH, Dh] with QK-norm and RoPE applied."""
+    def _project(self, x: torch.Tensor, rope: RopeAt) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [N, D] -> q [N, H, Dh], k [N, KVH, Dh], v [N, KVH, Dh] with QK-norm and RoPE applied.
+
+        q and k are normed and rotated as one [N, H + KVH, Dh] tensor: one kernel each instead of two."""
         n = x.shape[0]
-        q, k, v = self.qkv_proj(x).split(self.split, dim=-1)
-        q = q.view(n, self.heads, self.head_dim)
-        k = k.view(n, self.kv_heads, self.head_dim)
-        v = v.view(n, self.kv_heads, self.head_dim)
+        qkv = self.qkv_proj(x)  # [N, (H + 2 KVH) Dh]
+        qk = qkv[:, : self.qk_size].view(n, self.heads + self.kv_heads, self.head_dim)
+        v = qkv[:, self.qk_size :].view(n, self.kv_heads, self.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        return rope.apply(q, positions, self.layer_type), rope.apply(k, positions, self.layer_type), v
+            scale = torch.cat(
+                (
+                    (1.0 + self.q_norm.weight.float()).expand(self.heads, -1),
+                    (1.0 + self.k_norm.weight.float()).expand(self.kv_heads, -1),
+                )
+            )  # [H + KVH, Dh]
+            qk = (F.rms_norm(qk.float(), (self.head_dim,), eps=self.eps) * scale).type_as(x)
+        qk = Rope.apply(qk, *rope[self.layer_type])
+        return qk[:, : self.heads], qk[:, self.heads :], v
 
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
@@ -161,75 +132,48 @@ class Attention(nn.Module):
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return torch.matmul(probs, v)
 
-    def _segment_mask(
-        self,
-        q_pos: torch.Tensor,
-        k_pos: torch.Tensor,
-        q_branch: torch.Tensor | None,
-        k_branch: torch.Tensor | None,
-        q_parent: torch.Tensor | None = None,
-    ) -> torch.Tensor | None:
-        """Boolean [n_q, n_k] mask for one packed sequence, or None when plain causal attention is exact."""
-        plain = q_branch is None and q_pos.shape[0] == k_pos.shape[0]
-        if plain and (self.window is None or k_pos.shape[0] <= self.window):
-            return None
-        allowed = k_pos[None, :] <= q_pos[:, None]
-        if q_branch is not None:
-            visible = (k_branch[None, :] == 0) | (k_branch[None, :] == q_branch[:, None])
-            if q_parent is not None:
-                visible |= k_branch[None, :] == q_parent[:, None]
-            allowed &= visible
-        if self.window is not None:
-            allowed &= q_pos[:, None] - k_pos[None, :] < self.window
-        return allowed
-
     def forward_packed(
         self,
         x: torch.Tensor,
-        positions: torch.Tensor,
-        segments: list[Segment],
-        rope: Rope,
+        plan: PackedPlan,
+        rope: RopeAt,
         cache: KVCache | None,
         capture: list[tuple[torch.Tensor, torch.Tensor]] | None,
     ) -> torch.Tensor:
-        """x [T, D] -> [T, D]. ``capture`` collects this layer's k, v [KVH, T, Dh] (a single-sequence pass)."""
-        q, k, v = self._project(x, positions, rope)
+        """x [T, D] -> [T, D]: one attention call per bucket of the plan (see gemma_ops.attention).
+        ``capture`` collects this layer's k, v [KVH, T, Dh] (a single-sequence pass)."""
+        q, k, v = self._project(x, rope)
         if capture is not None:
             capture.append((k.transpose(0, 1), v.transpose(0, 1)))
+        k_src, v_src = plan.key_source(self.layer, k, values=False), plan.key_source(self.layer, v, values=True)
         out = torch.empty_like(q)  # [T, H, Dh]
-        for seg in segments:
-            rows = slice(seg.start, seg.start + seg.length)
-            seg_k, seg_v = k[rows].transpose(0, 1), v[rows].transpose(0, 1)  # [KVH, n, Dh]
-            q_pos = k_pos = positions[rows]
-            q_branch = k_branch = seg.branch
-            if seg.prefix is not None:
-                prefix = seg.prefix
-                seg_k = torch.cat((prefix.keys_at(self.layer), seg_k), dim=1)
-                seg_v = torch.cat((prefix.values_at(self.layer), seg_v), dim=1)
-                k_pos = torch.cat((torch.arange(prefix.length, device=x.device), q_pos))
-                if q_branch is None:
-                    q_branch = torch.zeros_like(q_pos)
-                k_branch = torch.cat((torch.zeros(prefix.length, dtype=q_branch.dtype, device=x.device), q_branch))
-            if cache is not None and seg.slot is not None:  # positions 0 .. prefix + n - 1
-                cache.write_prompt(self.layer, seg.slot, seg_k, seg_v)
-            mask = self._segment_mask(q_pos, k_pos, q_branch, k_branch, seg.parent)
-            seg_q = q[rows].transpose(0, 1).unsqueeze(0)  # [1, H, n, Dh]
-            attended = self._attend(seg_q, seg_k.unsqueeze(0), seg_v.unsqueeze(0), mask, causal=True)
-            out[rows] = attended[0].transpose(0, 1)
-        return self.o_proj(out.reshape(x.shape[0], -1))
+        for bucket in plan.buckets[self.window]:
+            if bucket.dense:  # [S * L] rows in order: reshape instead of gather
+                bq, bk, bv = (t.unflatten(0, bucket.q_index.shape).transpose(1, 2) for t in (q, k, v))
+            else:
+                bq = q[bucket.q_index].transpose(1, 2)  # [S, H, Lq, Dh]
+                bk = k_src[bucket.k_index].transpose(1, 2)  # [S, KVH, Lk, Dh]
+                bv = v_src[bucket.k_index].transpose(1, 2)
+            if cache is not None and bucket.slots is not None:  # positions 0 .. prefix + n - 1
+                cache.write_packed(self.layer, bucket.slots, bk, bv, bucket.key_length)
+            attended = self._attend(bq, bk, bv, bucket.mask, causal=True)  # [S, H, Lq, Dh]
+            if bucket.dense:
+                return self.o_proj(attended.transpose(1, 2).reshape(x.shape[0], -1))
+            out[bucket.out_rows] = attended.transpose(1, 2).flatten(0, 1)[bucket.out_take]
+        return self.o_proj(out.view(x.shape[0], -1))
 
     def forward_step(
-        self, x: torch.Tensor, positions: torch.Tensor, rope: Rope, cache: KVCache, length: int
+        self, x: torch.Tensor, positions: torch.Tensor, rope: RopeAt, cache: KVCache, valid: torch.Tensor
     ) -> torch.Tensor:
-        """x [B, D] for running slots 0..B-1 at positions [B]; ``length`` = max(positions) + 1."""
+        """x [B, D] for running slots 0..B-1 at positions [B]; ``valid`` [B, 1, 1, length] marks the cache
+        entries each slot may attend to (length = max(positions) + 1; a ring layer reads its first entries)."""
         batch = x.shape[0]
-        q, k, v = self._project(x, positions, rope)
+        q, k, v = self._project(x, rope)
         cache.write_step(self.layer, k, v, positions)
-        keys, values = cache.view(self.layer, batch, length)  # [B, KVH, L, Dh]
-        valid = torch.arange(keys.shape[2], device=x.device)[None, :] <= positions[:, None]  # [B, L]
+        keys, values = cache.view(self.layer, batch, valid.shape[-1])  # [B, KVH, L, Dh]
         groups = self.heads // self.kv_heads
-        q = q.view(batch, self.kv_heads, groups, self.head_dim)  # head h uses kv head h // groups
-        attended = self._attend(q, keys, values, valid[:, None, None, :], causal=False)  # [B, KVH, G, Dh]
+        q = q.reshape(batch, self.kv_heads, groups, self.head_dim)  # head h uses kv head h // groups
+        attended = self._attend(q, keys, values, valid[..., : keys.shape[2]], causal=False)  # [B, KVH, G, Dh]
         return self.o_proj(attended.reshape(batch, -1))
 
 
@@ -263,21 +207,20 @@ class DecoderLayer(nn.Module):
     def forward_packed(
         self,
         h: torch.Tensor,
-        positions: torch.Tensor,
-        segments: list[Segment],
-        rope: Rope,
+        plan: PackedPlan,
+        rope: RopeAt,
         cache: KVCache | None,
         capture: list[tuple[torch.Tensor, torch.Tensor]] | None,
     ) -> torch.Tensor:
         """Residual stream h [T, D] of packed sequences -> [T, D] after this layer (see Attention.forward_packed)."""
-        attn_out = self.attn.forward_packed(self.input_norm(h), positions, segments, rope, cache, capture)
+        attn_out = self.attn.forward_packed(self.input_norm(h), plan, rope, cache, capture)
         return self._add_mlp(h, attn_out)
 
     def forward_step(
-        self, h: torch.Tensor, positions: torch.Tensor, rope: Rope, cache: KVCache, length: int
+        self, h: torch.Tensor, positions: torch.Tensor, rope: RopeAt, cache: KVCache, valid: torch.Tensor
     ) -> torch.Tensor:
         """Residual stream h [B, D] of one new token per running slot -> [B, D] after this layer."""
-        attn_out = self.attn.forward_step(self.input_norm(h), positions, rope, cache, length)
+        attn_out = self.attn.forward_step(self.input_norm(h), positions, rope, cache, valid)
         return self._add_mlp(h, attn_out)
 
     def _add_mlp(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Two forward paths share the layers (gemma_ops.layers):
 - ``forward_packed``: several sequences' tokens concatenated into one [T] row (no padding); linear layers run on
-  all T tokens at once and attention runs per sequence. Used for prompt prefill (writing the KV cache) and for
-  scoring, where candidate continuations branch off a shared prompt (a tree mask, no cache).
+  all T tokens at once and attention in a few padded batches of sequences (gemma_ops.attention). Used for prompt
+  prefill (writing the KV cache) and for scoring, where candidate continuations branch off a shared prompt (a tree
+  mask, no cache).
 - ``forward_step``: one new token for each running slot, attending to the KV cache.
 Both return hidden states before the final norm; ``logits`` turns chosen rows into logits, optionally for
 chosen vocabulary rows only (the output layer is the largest matmul of small Gemmas).
@@ -15,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gemma_ops.attention import PackedPlan, PrefixKV, Segment
 from gemma_ops.config import GemmaConfig
 from gemma_ops.kv_cache import KVCache
-from gemma_ops.layers import DecoderLayer, PrefixKV, RMSNorm, Rope, Segment
+from gemma_ops.layers import DecoderLayer, RMSNorm, Rope
 
 __all__ = ["GemmaModel", "PrefixKV", "Segment"]
 
@@ -60,8 +62,10 @@ class GemmaModel(nn.Module):
     ) -> torch.Tensor:
         """tokens, positions [T] (sequences packed back to back) -> hidden states [T, D] before the final norm."""
         h = self._embed(tokens)  # [T, D]
+        plan = PackedPlan.build(positions, segments, [layer.attn.window for layer in self.layers])
+        rope = self.rope.at(positions, h.dtype)
         for layer in self.layers:
-            h = layer.forward_packed(h, positions, segments, self.rope, cache, capture)
+            h = layer.forward_packed(h, plan, rope, cache, capture)
         return h
 
     @torch.inference_mode()
@@ -81,8 +85,10 @@ class GemmaModel(nn.Module):
 
         ``length`` = max(positions) + 1, passed from the host so the step needs no device sync."""
         h = self._embed(tokens)  # [B, D]
+        rope = self.rope.at(positions, h.dtype)
+        valid = (torch.arange(length, device=h.device)[None, :] <= positions[:, None])[:, None, None, :]
         for layer in self.layers:
-            h = layer.forward_step(h, positions, self.rope, cache, length)
+            h = layer.forward_step(h, positions, rope, cache, valid)  # valid [B, 1, 1, length]
         return h
 
     @torch.inference_mode()

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gemma_ops.attention import PrefixKV
 from gemma_ops.constraints import GrammarState
 from gemma_ops.finish import Finish, StopStrings
 from gemma_ops.kv_cache import KVCache
-from gemma_ops.layers import PrefixKV
 from gemma_ops.outputs import Completion, FinishReason
 from gemma_ops.sampling import SamplingParams
 
