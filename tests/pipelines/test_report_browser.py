@@ -73,8 +73,9 @@ def test_report_loads_without_errors_and_draws_every_chart(published, tmp_path):
 
 def test_make_test_installs_the_browser_first_and_make_report_makes_the_report():
     root = SCREENSHOT.parents[1]
-    plan = subprocess.run(["make", "-n", "test", "report", "OUTPUT=gs://b/run1"], cwd=root, capture_output=True,
-                          text=True, timeout=60, check=True).stdout.splitlines()  # fmt: skip
+    # --no-print-directory: under `make test` the inner make would otherwise add "Leaving directory" lines.
+    command = ["make", "-n", "--no-print-directory", "test", "report", "OUTPUT=gs://b/run1"]
+    plan = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
     browser = next(i for i, line in enumerate(plan) if "apt-get install -y -q chromium" in line)
     tests = next(i for i, line in enumerate(plan) if "-m pytest" in line)
     assert browser < tests  # make test: chromium first
