@@ -12,26 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.task_sharing import run  # answer every record in RunInference-sized batches
 from common.records import Record
 from transforms.registry import build_task_set
-from transforms.task import TaskSet
 from transforms.taskfile import load_task_file
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ROOT.parent / "shared" / "eval"
-
-
-def run(runner: Any, tasks: TaskSet, records: list[Record], batch: int) -> float:
-    """Seconds to answer every record, in batches of ``batch`` requests (as RunInference does)."""
-    start = time.perf_counter()
-    for first in range(0, len(records), batch):
-        responses = runner.run([tasks.build_request(r) for r in records[first : first + batch]])
-        assert not any(r.error for r in responses), [r.error for r in responses if r.error][:1]
-    return time.perf_counter() - start
 
 
 def random_head(engine: Any, words: tuple[str, ...]) -> Any:
