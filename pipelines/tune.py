@@ -15,21 +15,21 @@ adapter sees at inference exactly what it was trained on. Deterministic for a --
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.errors import UserInputError
+from common.files import read_bytes
 from common.quality import Quality, quality
 from common.records import Record
+from pipelines.tune_card import write_card
+from pipelines.tune_config import TuneConfig, parse_args
 from pipelines.tune_data import (
     Labelled,
-    data_hash,
     folds,
     holdout,
     is_small,
@@ -38,77 +38,28 @@ from pipelines.tune_data import (
     sample,
     with_examples,
 )
-from transforms.classify import ClassifyTask, parse_labels
+from transforms.classify import ClassifyTask
 from transforms.registry import build_task_set, shortcut
 from transforms.task import TaskSet
 from transforms.taskfile import TaskFileError, load_task_file
-
-METHODS = ("head", "lora")
-CARD_FORMAT = "gemma-beam-model-card/v1"
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """What `make tune` trains and how it measures it."""
-
-    input: str
-    output: str
-    text_field: str = "text"
-    label_field: str = "label"
-    labels: tuple[str, ...] = ()
-    task_file: str | None = None
-    task: str | None = None
-    methods: tuple[str, ...] = ("head",)
-    model: str = "embedded"
-    dtype: str = "bfloat16"
-    seed: int = 0
-    train_examples: int = 0  # 0: all
-    holdout: float = 0.25
-    folds: int = 5
-    eval_input: str | None = None
-    eval_limit: int = 0
-    prompt_examples: int = 5  # per label, for the examples-in-prompt comparison (0: skip it)
-    head_poolings: tuple[str, ...] = ("last", "mean", "last+mean")  # the head's cross-validated grid
-    head_l2: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    lora_epochs: int = 3
-    lora_learning_rate: float = 3e-4
-    lora_batch_size: int = 8
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.methods) - set(METHODS))
-        if not self.methods or unknown:
-            raise UserInputError(f"--method must be head, lora or head,lora; got {','.join(self.methods)}")
-        if bool(self.labels) == bool(self.task_file):
-            raise UserInputError("give --labels a,b,c or --task_file F (with --task NAME), not both or neither")
-        if not 0.05 <= self.holdout <= 0.5:
-            raise UserInputError(f"--holdout must be between 0.05 and 0.5, got {self.holdout}")
 
 
 def classify_tasks(config: TuneConfig) -> TaskSet:
     """The classify task to specialize, alone in a task set: --labels builds the classify shortcut."""
     if config.labels:
         return shortcut("classify", labels=config.labels)
-    file = load_task_file(str(config.task_file), _read)
+    file = load_task_file(str(config.task_file), read_bytes)
     chosen = [raw for raw in file.tasks if config.task in (None, raw["name"])]
     if config.task is None and len(chosen) > 1:
         raise TaskFileError(f"{config.task_file}: holds several tasks; choose one with --task NAME")
     if not chosen:
         raise TaskFileError(f"{config.task_file}: has no task named {config.task!r}")
     single = type(file)(file.source, file.input_label, (chosen[0],))
-    tasks = build_task_set(single, _read)
+    tasks = build_task_set(single, read_bytes)
     task = tasks.tasks[0]
     if not isinstance(task, ClassifyTask) or task.multi_label:
         raise TaskFileError(f"{config.task_file}: task {task.name!r} must be a single-label classify task")
     return tasks
-
-
-def _read(path: str) -> bytes:
-    from common.files import read_bytes
-
-    return read_bytes(path)
 
 
 class Tuner:
@@ -290,7 +241,7 @@ def run(config: TuneConfig, out=sys.stdout) -> dict[str, Quality]:
             runner = EngineRunner(tuner.engine, head=head)
             _measure(results["head"], eval_ids, tuner.predict, runner, tasks, held)
             if not final:
-                _save_head(head, _folder(output, "head", config))
+                head.save(_folder(output, "head", config))
         if "lora" in config.methods:
             folder = _folder(output, "lora", config) if not final else output / ".folds" / f"lora-{number}"
             with tqdm(total=1, desc=f"LoRA (split {number}/{len(splits)})", file=sys.stderr) as bar:
@@ -317,7 +268,7 @@ def run(config: TuneConfig, out=sys.stdout) -> dict[str, Quality]:
             flush=True,
         )
     for method in config.methods:
-        _write_card(_folder(output, method, config), method, tuner, examples, how, qualities, results)
+        write_card(_folder(output, method, config), method, tuner, examples, how, qualities, results)
     return qualities
 
 
@@ -338,10 +289,6 @@ def _folder(output: Path, method: str, config: TuneConfig) -> Path:
     return output if len(config.methods) == 1 else output / method
 
 
-def _save_head(head: Any, folder: Path) -> None:
-    head.save(folder)
-
-
 def _train_final(tuner: Tuner, examples: list[Labelled], output: Path, config: TuneConfig) -> None:
     """After k-fold measurement: the saved adapters, trained on every example."""
     import shutil
@@ -350,107 +297,11 @@ def _train_final(tuner: Tuner, examples: list[Labelled], output: Path, config: T
 
     if "head" in config.methods:
         with tqdm(total=len(examples), desc="head on all examples", file=sys.stderr) as bar:
-            _save_head(tuner.train_head(examples, bar), _folder(output, "head", config))
+            tuner.train_head(examples, bar).save(_folder(output, "head", config))
     if "lora" in config.methods:
         with tqdm(total=1, desc="LoRA on all examples", file=sys.stderr) as bar:
             tuner.train_lora(examples, _folder(output, "lora", config), bar)
     shutil.rmtree(output / ".folds", ignore_errors=True)
-
-
-def _write_card(
-    folder: Path,
-    method: str,
-    tuner: Tuner,
-    examples: list[Labelled],
-    how: str,
-    qualities: dict[str, Quality],
-    results: dict[str, MethodResult],
-) -> None:
-    """model_card.json beside the adapter: what it was trained on and how, and how well it did."""
-    config = tuner.config
-    settings: dict[str, Any] = {"seed": config.seed, "dtype": config.dtype}
-    settings.update(asdict(tuner.lora_settings() if method == "lora" else tuner.head_settings()))
-    card = {
-        "format": CARD_FORMAT,
-        "method": method,
-        "base_model": {"name": tuner.base_name, "hash": tuner.base_hash},
-        "data": {
-            "source": config.input,
-            "examples": len(examples),
-            "sha256": data_hash(examples),
-            "text_field": config.text_field,
-            "label_field": config.label_field,
-        },
-        "task": {
-            "name": tuner.task.name,
-            "labels": tuner.names,
-            "words": tuner.words,
-            "fingerprint": tuner.tasks.fingerprint(),
-        },
-        "settings": settings,
-        "evaluation": how,
-        "metrics": {
-            name: {**asdict(q), "train_seconds": round(results[name].train_seconds, 2)} for name, q in qualities.items()
-        },
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model_card.json").write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-
-
-def parse_args(argv: Sequence[str] | None) -> TuneConfig:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tune", description=__doc__.split("\n\n")[0])
-    add = parser.add_argument
-    add("--input", required=True, help="Labelled JSONL, local or gs://.")
-    add("--output", required=True, help="Adapter folder (with --method head,lora: one subfolder per method).")
-    add("--text_field", default="text")
-    add("--label_field", default="label")
-    add("--labels", default="", help="The classify task's labels, a,b,c (or --task_file).")
-    add("--task_file", help="A task file (local or gs://) holding the classify task to specialize.")
-    add("--task", help="The task's name in --task_file (needed when it holds several).")
-    add("--method", default="head", help="head, lora, or head,lora.")
-    add("--model", default="embedded")
-    add("--dtype", default="bfloat16", help="The engine's dtype for features and measurement (LoRA trains in float32).")
-    add("--seed", type=int, default=0)
-    add("--train_examples", type=int, default=0, help="Use N examples of --input, balanced over labels (0: all).")
-    add("--holdout", type=float, default=0.25, help="Fraction of each label held out for measurement.")
-    add("--folds", type=int, default=5, help="k for k-fold cross-validation (small inputs).")
-    add("--eval_input", help="Measure on this labelled JSONL instead of holding out part of --input.")
-    add("--eval_limit", type=int, default=0, help="Use N examples of --eval_input, balanced (0: all).")
-    add("--prompt_examples", type=int, default=5, help="Examples per label for the examples-in-prompt line.")
-    add("--head_l2", default="0.0001,0.001,0.01,0.1,1", help="L2 strengths the head's cross-validation tries.")
-    add("--lora_rank", type=int, default=8)
-    add("--lora_alpha", type=float, default=16.0)
-    add("--lora_targets", default=",".join(TuneConfig.lora_targets))
-    add("--lora_epochs", type=int, default=3)
-    add("--lora_learning_rate", type=float, default=3e-4)
-    add("--lora_batch_size", type=int, default=8)
-    args = parser.parse_args(argv)
-    return TuneConfig(
-        input=args.input,
-        output=args.output,
-        text_field=args.text_field,
-        label_field=args.label_field,
-        labels=parse_labels(args.labels) if args.labels else (),
-        task_file=args.task_file,
-        task=args.task,
-        methods=tuple(m.strip() for m in args.method.split(",") if m.strip()),
-        model=args.model,
-        dtype=args.dtype,
-        seed=args.seed,
-        train_examples=args.train_examples,
-        holdout=args.holdout,
-        folds=args.folds,
-        eval_input=args.eval_input,
-        eval_limit=args.eval_limit,
-        prompt_examples=args.prompt_examples,
-        head_l2=tuple(float(x) for x in args.head_l2.split(",") if x.strip()),
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
-        lora_epochs=args.lora_epochs,
-        lora_learning_rate=args.lora_learning_rate,
-        lora_batch_size=args.lora_batch_size,
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
