@@ -33,6 +33,7 @@ from inference.heads import head_answers, head_mismatch
 from inference.long_documents import LongQuestion, LongReading, read_long_texts
 from inference.prompts import EncodedPrompt, PromptEncoder
 from inference.requests import TEXT_FIELD, Answer, PromptTemplate, RecordRequest, RecordResponse, RunnerInfo
+from inference.responses import generated_answer, record_response, timed
 from inference.settings import ModelSettings
 
 
@@ -130,11 +131,22 @@ class EngineRunner:
             variant_tokens = [0] * len(requests)
             for ask in variants:
                 variant_tokens[ask.request] += len(ask.prompt) - len(ask.head)
+            info = self.info()
             responses = [
-                self._response(i, request, encoded, answers, errors, readings, variant_tokens[i])
+                record_response(
+                    i,
+                    request,
+                    encoded.get(i, []),
+                    answers,
+                    errors.get(i),
+                    readings,
+                    variant_tokens[i],
+                    info,
+                    self._adapter,
+                )
                 for i, request in enumerate(requests)
             ]
-            return _timed(responses, time.perf_counter() - started, time.time())
+            return timed(responses, time.perf_counter() - started, time.time())
 
     def _asks(
         self, requests: Sequence[RecordRequest], encoded: dict[int, list[EncodedPrompt]]
@@ -242,7 +254,7 @@ class EngineRunner:
             if completion.error:
                 errors.setdefault(ask.request, completion.error)
                 continue
-            answers[(ask.request, *ask.key)] = _generated(completion)
+            answers[(ask.request, *ask.key)] = generated_answer(completion)
 
     def _ask_shared(
         self,
@@ -273,7 +285,7 @@ class EngineRunner:
                     elif ask.template.questions[ask.question].scored:
                         self._answer_scored(ask, result, answers, errors, attempts)
                     else:
-                        answers[(ask.request, *ask.key)] = _generated(result)
+                        answers[(ask.request, *ask.key)] = generated_answer(result)
 
     def _branch(self, ask: _Ask, encoded: dict[int, list[EncodedPrompt]]) -> Branch:
         tail = tuple(encoded[ask.request][ask.key[0]].tails[ask.question])
@@ -309,28 +321,6 @@ class EngineRunner:
             calls, lambda chunk: self._engine.generate([ids for ids, _ in chunk], [p for _, p in chunk])
         )
 
-    def _response(
-        self,
-        index: int,
-        request: RecordRequest,
-        encoded: dict[int, list[EncodedPrompt]],
-        answers: dict[tuple[int, int, int], Answer],
-        errors: dict[int, str],
-        readings: dict[tuple[int, int, int], LongReading],
-        variant_tokens: int,
-    ) -> RecordResponse:
-        style, model = self.prompts.style, self._model_name
-        tokens, truncated, chunks = _reading_cost(index, encoded.get(index, []), readings)
-        tokens += variant_tokens  # each explained variant, after the shared head
-        if index in errors:
-            return RecordResponse((), tokens, truncated, style, model, errors[index], chunks, adapter=self._adapter)
-        own = tuple(
-            answers[(index, t, q)]
-            for t, template in enumerate(request.templates)
-            for q in range(len(template.questions))
-        )
-        return RecordResponse(own, tokens, truncated, style, model, chunks=chunks, adapter=self._adapter)
-
     def _score(self, prompts: list[list[int]], candidates: list[str], head: tuple[int, ...] | None) -> list[Any]:
         """Score with the template's head as the shared prefix: computed once, and each prompt's scores then
         depend on that prompt alone, never on its batch-mates. Scores are only compared among the words, so
@@ -339,34 +329,3 @@ class EngineRunner:
             prompts,
             lambda chunk: self._engine.score(chunk, candidates, restrict_vocab=True, shared_prefix=head),
         )
-
-
-def _generated(completion: Any) -> Answer:
-    return Answer(text=completion.text, finish_reason=completion.finish_reason, output_tokens=len(completion.token_ids))
-
-
-def _timed(responses: list[RecordResponse], seconds: float, finished_at: float) -> list[RecordResponse]:
-    """Responses with the call's wall time shared out by the tokens each read and wrote, and its end time."""
-    weights = [r.prompt_tokens + r.output_tokens if not r.error else 0 for r in responses]
-    total = sum(weights) or 1
-    return [
-        dataclasses.replace(r, inference_ms=1000.0 * seconds * w / total, finished_at=finished_at)
-        for r, w in zip(responses, weights, strict=True)
-    ]
-
-
-def _reading_cost(
-    index: int, prompts: list[EncodedPrompt], readings: dict[tuple[int, int, int], LongReading]
-) -> tuple[int, bool, int]:
-    """(prompt tokens read, whether any text was cut, chunks) for one request: each trunk once and every tail
-    of the questions asked in one prompt, plus what reading its long texts in chunks took."""
-    own = {(t, q): reading for (i, t, q), reading in readings.items() if i == index}
-    tokens, truncated = 0, False
-    for t, prompt in enumerate(prompts):
-        asked = [q for q in range(len(prompt.tails)) if (t, q) not in own]
-        if asked:
-            tokens += len(prompt.trunk) + sum(len(prompt.tails[q]) for q in asked)
-            truncated |= prompt.truncated
-    tokens += sum(reading.prompt_tokens for reading in own.values())
-    truncated |= any(reading.truncated for reading in own.values())
-    return tokens, truncated, max((reading.chunks for reading in own.values()), default=1)
