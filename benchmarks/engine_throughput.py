@@ -27,27 +27,8 @@ import time
 from pathlib import Path
 
 from benchmarks.cost_split import cost_split, describe
+from benchmarks.workload import gpu_prompts, random_gemma2b_checkpoint
 
-# google/gemma-2b's config.json (its weights cannot be downloaded here; random ones have the same cost).
-GEMMA_2B_CONFIG = {
-    "architectures": ["GemmaForCausalLM"],
-    "model_type": "gemma",
-    "vocab_size": 256000,
-    "hidden_size": 2048,
-    "intermediate_size": 16384,
-    "num_hidden_layers": 18,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 1,
-    "head_dim": 256,
-    "hidden_act": "gelu",
-    "max_position_embeddings": 8192,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 10000.0,
-    "bos_token_id": 2,
-    "eos_token_id": 1,
-    "pad_token_id": 0,
-    "tie_word_embeddings": True,
-}
 LLAMA_SHAPE = (48, 182, 32)  # llama-batched-bench comparison: sequences, prompt tokens, new tokens (issue #14)
 H100_BOUND_TOKENS_PER_S = 34_000  # issue #2: 1000 x (512 + 128) at batch 256, from 3.35 TB/s and 989 TFLOP/s
 
@@ -67,43 +48,11 @@ def _cpu_prompts(args) -> list[str]:
     return passages(args.prompts, 30, 300, seed=0)
 
 
-def _gpu_prompts(args) -> list[list[int]]:
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    return [
-        [2, *torch.randint(100, 250_000, (args.prompt_tokens - 1,), generator=gen).tolist()]
-        for _ in range(args.prompts)
-    ]
-
-
-def _random_gemma2b_checkpoint(folder: Path) -> Path:
-    """Save random bf16 weights in google/gemma-2b's shape (plus the embedded tokenizer) once."""
-    import shutil
-
-    import torch
-    from transformers import GemmaConfig, GemmaForCausalLM
-
-    from gemma_ops import default_model_path
-
-    if (folder / "config.json").is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    config = GemmaConfig(**{k: v for k, v in GEMMA_2B_CONFIG.items() if k not in ("architectures", "model_type")})
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = GemmaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(default_model_path() / name, folder / name)
-    return folder
-
-
 def _model_path(args) -> Path:
     from gemma_ops import default_model_path
 
     if args.device == "cuda":
-        return _random_gemma2b_checkpoint(Path(args.scratch) / "gemma-2b-random")
+        return random_gemma2b_checkpoint(Path(args.scratch) / "gemma-2b-random")
     return default_model_path()
 
 
@@ -111,7 +60,7 @@ def _model_path(args) -> Path:
 def run_engine(args) -> dict:
     from gemma_ops import GemmaEngine, SamplingParams
 
-    prompts = _gpu_prompts(args) if args.device == "cuda" else _cpu_prompts(args)
+    prompts = gpu_prompts(args.prompts, args.prompt_tokens) if args.device == "cuda" else _cpu_prompts(args)
     engine = GemmaEngine.from_pretrained(
         _model_path(args),
         device=args.device,
@@ -187,7 +136,7 @@ def run_hf(args, batch_size: int) -> dict:
 
     model, tokenizer = _hf_model(args)
     if args.device == "cuda":
-        prompt_ids = _gpu_prompts(args)
+        prompt_ids = gpu_prompts(args.prompts, args.prompt_tokens)
         batches = [prompt_ids[i : i + batch_size] for i in range(0, len(prompt_ids), batch_size)]
         encode = lambda batch: {  # noqa: E731 (equal-length random prompts need no padding)
             "input_ids": torch.tensor(batch, device=args.device),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 _SENTENCES = [
     "The delivery arrived two days later than the tracking page promised.",
@@ -47,3 +48,55 @@ def passages(count: int, min_words: int, max_words: int, seed: int = 0) -> list[
 
 def sentiment_prompt(text: str) -> str:
     return f"Review: {text}\nSentiment (positive, negative or neutral):"
+
+
+# google/gemma-2b's config.json (its weights cannot be downloaded here; random ones have the same cost).
+GEMMA_2B_CONFIG = {
+    "architectures": ["GemmaForCausalLM"],
+    "model_type": "gemma",
+    "vocab_size": 256000,
+    "hidden_size": 2048,
+    "intermediate_size": 16384,
+    "num_hidden_layers": 18,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "pad_token_id": 0,
+    "tie_word_embeddings": True,
+}
+
+
+def gpu_prompts(count: int, tokens: int) -> list[list[int]]:
+    """The GPU workload: ``count`` random prompts of ``tokens`` ids, each starting with <bos>."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    return [[2, *torch.randint(100, 250_000, (tokens - 1,), generator=gen).tolist()] for _ in range(count)]
+
+
+def random_gemma2b_checkpoint(folder: Path) -> Path:
+    """Save random bf16 weights in google/gemma-2b's shape (plus the embedded tokenizer) once."""
+    import shutil
+
+    import torch
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    from gemma_ops import default_model_path
+
+    if (folder / "config.json").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = GemmaConfig(**{k: v for k, v in GEMMA_2B_CONFIG.items() if k not in ("architectures", "model_type")})
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = GemmaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(default_model_path() / name, folder / name)
+    return folder
