@@ -93,7 +93,7 @@ def parse_args(argv: Sequence[str] | None) -> TuneConfig:
         labels=parse_labels(args.labels) if args.labels else (),
         task_file=args.task_file,
         task=args.task,
-        methods=tuple(m.strip() for m in args.method.split(",") if m.strip()),
+        methods=_listed(args.method),
         model=args.model,
         dtype=args.dtype,
         seed=args.seed,
@@ -103,11 +103,16 @@ def parse_args(argv: Sequence[str] | None) -> TuneConfig:
         eval_input=args.eval_input,
         eval_limit=args.eval_limit,
         prompt_examples=args.prompt_examples,
-        head_l2=tuple(float(x) for x in args.head_l2.split(",") if x.strip()),
+        head_l2=tuple(float(x) for x in _listed(args.head_l2)),
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
-        lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+        lora_targets=_listed(args.lora_targets),
         lora_epochs=args.lora_epochs,
         lora_learning_rate=args.lora_learning_rate,
         lora_batch_size=args.lora_batch_size,
     )
+
+
+def _listed(text: str) -> tuple[str, ...]:
+    """A comma-separated flag value as its non-empty items: "head, lora," -> ("head", "lora")."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
