@@ -3,7 +3,8 @@
 One frozen dataclass covers Gemma 1 (``gemma``), Gemma 2 (``gemma2``) and Gemma 3 text (``gemma3_text``, and the
 ``text_config`` of a multimodal ``gemma3`` checkpoint). Families are told apart by ``model_type``, never by name.
 Both the older flat RoPE keys (``rope_theta``, ``rope_local_base_freq``, ``rope_scaling``) and transformers 5's
-``rope_parameters`` are understood.
+``rope_parameters`` are understood. ``EngineConfig`` holds the engine's capacity knobs (slots, prefill budget,
+context).
 """
 
 from __future__ import annotations
@@ -171,3 +172,18 @@ def _rope_configs(family: str, raw: dict[str, Any]) -> dict[str, RopeConfig]:
         flat["rope_theta"] = raw.get("rope_theta", 10_000.0)
         shared = _rope_entry(flat, 10_000.0)
     return {FULL: shared, SLIDING: shared}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Capacity knobs. max_context bounds prompt + generated tokens of one request."""
+
+    max_slots: int = 64  # requests decoding at once (KV-cache slots)
+    max_batch_tokens: int = 4096  # prompt tokens prefilled in one step (a longer single prompt runs alone)
+    max_context: int = 4096
+    max_cached_prefixes: int = 4  # score(shared_prefix=...) keys/values kept between calls
+
+    def __post_init__(self) -> None:
+        for name in ("max_slots", "max_batch_tokens", "max_context"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -5,32 +5,38 @@ prompts, packed without padding, or one decode step of every running request), t
 takes its sampled token and its finish check (EOS or <end_of_turn>, a stop string, max_new_tokens, the context
 end). A finished request frees its slot at once and the next waiting request takes it. Results come back in input
 order. Scoring (``score``) is gemma_ops.scoring's; device, dtype and KV-cache sizing are gemma_ops.device's.
+
+A serving engine (``serve``) runs the model on one loop thread (gemma_ops.engine_loop): callers on any thread share
+one running batch, so a call's requests take the slots another call's finished requests free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from gemma_ops.adapters.lora import load_lora
 from gemma_ops.branching import Branch, Brancher, Tree
+from gemma_ops.config import EngineConfig
 from gemma_ops.constraints import Constraints
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
+from gemma_ops.engine_loop import EngineLoop, LoopParts, RequestSpec
 from gemma_ops.features import FeatureReader, FeatureResult
 from gemma_ops.finish import Finish, FinishChecker
 from gemma_ops.kv_cache import KVCache
-from gemma_ops.model import GemmaModel, PrefixKV, Segment
+from gemma_ops.model import GemmaModel, Segment
 from gemma_ops.outputs import Completion, ScoreResult
+from gemma_ops.prompt_check import Prompt, PromptCheck
 from gemma_ops.sampling import SamplingParams, content_seed, make_generator, sample_batch
-from gemma_ops.scheduler import Request, Scheduler
+from gemma_ops.scheduler import Batch, Request, Scheduler
 from gemma_ops.scoring import Scorer, extends_prefix
 from gemma_ops.tokenizer import GemmaTokenizer
 from gemma_ops.weights import load_model
 
-Prompt = str | Sequence[int]
+_T = TypeVar("_T")
 _GREEDY = SamplingParams()
 
 
@@ -39,21 +45,6 @@ def _failed(branch: Branch, prompt_tokens: int, message: str) -> ScoreResult | C
     if branch.scored:
         return ScoreResult((), prompt_tokens, message)
     return Completion("", (), "error", prompt_tokens, message)
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Capacity knobs. max_context bounds prompt + generated tokens of one request."""
-
-    max_slots: int = 64  # requests decoding at once (KV-cache slots)
-    max_batch_tokens: int = 4096  # prompt tokens prefilled in one step (a longer single prompt runs alone)
-    max_context: int = 4096
-    max_cached_prefixes: int = 4  # score(shared_prefix=...) keys/values kept between calls
-
-    def __post_init__(self) -> None:
-        for name in ("max_slots", "max_batch_tokens", "max_context"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 class GemmaEngine:
@@ -84,6 +75,8 @@ class GemmaEngine:
         self._brancher = Brancher(model, config.max_batch_tokens)
         self._features = FeatureReader(model, config.max_batch_tokens, config.max_cached_prefixes)
         self._prefill_tokens = 0
+        self._loop: EngineLoop | None = None
+        self._prompts = PromptCheck(tokenizer, model.config.vocab_size, self.max_context)
 
     @property
     def tokens_fed(self) -> int:
@@ -120,32 +113,32 @@ class GemmaEngine:
         tokenizer = GemmaTokenizer.from_pretrained(path)
         return cls(model, tokenizer, config, model_name=path.name, cache_shared_by=cache_shared_by)
 
-    # ----------------------------------------------------------------------------------------- helpers
-    def _prompt_ids(self, prompts: Sequence[Prompt]) -> list[list[int]]:
-        """Token ids per prompt: the text prompts encoded in one batched call, id lists taken as they are."""
-        texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
-        ids: list[list[int]] = [[] if isinstance(p, str) else [int(t) for t in p] for p in prompts]
-        nonempty = [(i, p) for i, p in texts if p]
-        if nonempty:
-            encoded = self.tokenizer.encode_batch([p for _, p in nonempty])
-            for (i, _), tokens in zip(nonempty, encoded, strict=True):
-                ids[i] = tokens
-        return ids
+    # ------------------------------------------------------------------------------------------ serving
+    def serve(self) -> None:
+        """From now on, run the model on one loop thread shared by every caller (gemma_ops.engine_loop): calls
+        from several threads may overlap, and their generation requests share one continuous batch."""
+        if self._loop is None:
+            parts = LoopParts(self._request, self._run_batch, lambda: self._caches.get(self.config.max_slots),
+                              self.tokenizer.decode, self.config.max_batch_tokens)  # fmt: skip
+            self._loop = EngineLoop(parts)
 
-    def _prompt_error(self, prompt: Prompt, ids: list[int], room: int) -> str | None:
-        """Why a prompt cannot run (None when it can); ``room`` = tokens it needs after the prompt."""
-        if (isinstance(prompt, str) and not prompt.strip()) or not ids:
-            return "empty prompt: nothing to condition on"
-        vocab = self.model.config.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            return f"token ids out of range [0, {vocab}): {bad[:5]}"
-        if len(ids) + room > self.max_context:
-            return (
-                f"prompt is {len(ids)} tokens; with {room} more it exceeds the engine's context of "
-                f"{self.max_context} tokens (shorten it, or raise max_context)"
-            )
-        return None
+    @property
+    def concurrent_calls(self) -> bool:
+        """Whether several threads may call this engine at once (it is serving)."""
+        return self._loop is not None
+
+    def close(self) -> None:
+        """Stop serving (the work already submitted finishes first); later calls run on the caller's thread."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
+
+    def _exclusive(self, run: Callable[[], _T]) -> _T:
+        """``run()`` with the model to itself: on the loop thread between two steps when serving."""
+        if self._loop is not None:
+            return self._loop.call(run)
+        with torch.inference_mode():
+            return run()
 
     # -------------------------------------------------------------------------------------- generation
     def generate(
@@ -158,35 +151,45 @@ class GemmaEngine:
         if len(per_request) != len(prompts):
             raise ValueError(f"{len(per_request)} SamplingParams for {len(prompts)} prompts")
         results: list[Completion | None] = [None] * len(prompts)
-        waiting: list[Request] = []
-        for index, (prompt, ids, p) in enumerate(zip(prompts, self._prompt_ids(prompts), per_request, strict=True)):
-            error = self._prompt_error(prompt, ids, room=1)
+        specs: list[RequestSpec] = []
+        for index, (prompt, ids, p) in enumerate(zip(prompts, self._prompts.ids(prompts), per_request, strict=True)):
+            error = self._prompts.error(prompt, ids, room=1)
             if error is not None:
                 results[index] = Completion("", (), "error", len(ids), error)
             else:
-                waiting.append(self._request(index, ids, p))
-        self._generate(waiting, results)
+                specs.append(RequestSpec(index, ids, p))
+        self._generate(specs, results)
         return [r for r in results if r is not None]
 
-    def _request(self, index: int, ids: list[int], params: SamplingParams, prefix: PrefixKV | None = None) -> Request:
-        generator = make_generator(params, fallback_seed=content_seed(ids))
+    def _request(self, spec: RequestSpec) -> Request:
+        params = spec.params
+        generator = make_generator(params, fallback_seed=content_seed(spec.prompt))
         grammar = self._constraints.start(params.json_schema) if params.json_schema is not None else None
         stops = self._finish.stop_strings(params)
-        return Request(index, ids, params, generator, stops=stops, prefix=prefix, grammar=grammar)
+        return Request(spec.index, spec.prompt, params, generator, stops=stops, prefix=spec.prefix, grammar=grammar)
 
-    def _generate(self, waiting: list[Request], results: list[Completion | None]) -> None:
-        if waiting:
-            cache = self._caches.get(min(self.config.max_slots, len(waiting)))
-            with torch.inference_mode():
-                self._run(Scheduler(waiting, cache, self.config.max_batch_tokens), results)
+    def _generate(self, specs: list[RequestSpec], results: list[Completion | None]) -> None:
+        """Completions of ``specs`` into ``results`` (at each spec's index): on the engine loop when serving,
+        else by a scheduler of this call's own."""
+        if not specs:
+            return
+        if self._loop is not None:
+            for spec, completion in zip(specs, self._loop.generate(specs), strict=True):
+                results[spec.index] = completion
+            return
+        with torch.inference_mode():
+            waiting = [self._request(spec) for spec in specs]
+            scheduler = Scheduler(waiting, self._caches.get(min(self.config.max_slots, len(waiting))),
+                                  self.config.max_batch_tokens)  # fmt: skip
+            while (batch := scheduler.schedule()) is not None:
+                self._run_batch(batch, scheduler.cache)
+                for request in scheduler.retire():
+                    results[request.index] = request.completion(self.tokenizer.decode)
 
-    def _run(self, scheduler: Scheduler, results: list[Completion | None]) -> None:
-        """The engine loop: schedule -> run the model -> postprocess (sample, finish checks, retire)."""
-        while (batch := scheduler.schedule()) is not None:
-            run = self._prefill if batch.prefill else self._decode
-            self._postprocess(batch.requests, run(batch.requests, scheduler.cache))
-            for request in scheduler.retire():
-                results[request.index] = request.completion(self.tokenizer.decode)
+    def _run_batch(self, batch: Batch, cache: KVCache) -> None:
+        """schedule -> run the model -> postprocess (sample, finish checks); the caller retires."""
+        run = self._prefill if batch.prefill else self._decode
+        self._postprocess(batch.requests, run(batch.requests, cache))
 
     def _prefill(self, requests: Sequence[Request], cache: KVCache) -> torch.Tensor:
         """Prompts packed back to back, keys/values written to their slots -> logits [k, V] of each last token."""
@@ -265,13 +268,15 @@ class GemmaEngine:
         prefix_ids = tuple(int(t) for t in shared_prefix) if shared_prefix else ()
         results: list[ScoreResult | None] = [None] * len(prompts)
         fitting: list[tuple[int, list[int]]] = []
-        for index, (prompt, ids) in enumerate(zip(prompts, self._prompt_ids(prompts), strict=True)):
-            error = self._prompt_error(prompt, ids, room=room)
+        for index, (prompt, ids) in enumerate(zip(prompts, self._prompts.ids(prompts), strict=True)):
+            error = self._prompts.error(prompt, ids, room=room)
             if error is not None:
                 results[index] = ScoreResult((), len(ids), error)
             else:
                 fitting.append((index, ids))
-        rows = self._scorer.score(fitting, cand_ids, restrict_vocab=restrict_vocab, shared_prefix=prefix_ids)
+        rows = self._exclusive(
+            lambda: self._scorer.score(fitting, cand_ids, restrict_vocab=restrict_vocab, shared_prefix=prefix_ids)
+        )
         for index, ids in fitting:
             results[index] = ScoreResult(rows[index], len(ids))
         return [r for r in results if r is not None]
@@ -288,30 +293,30 @@ class GemmaEngine:
         results: list[list[ScoreResult | Completion | None]] = [[None] * len(t.branches) for t in trees]
         groups: dict[bool, list[tuple[int, Tree]]] = {True: [], False: []}  # extends the shared prefix?
         for index, tree in enumerate(trees):
-            errors = [self._prompt_error(list(tree.trunk + b.tail), list(tree.trunk + b.tail), b.room)
+            errors = [self._prompts.error(list(tree.trunk + b.tail), list(tree.trunk + b.tail), b.room)
                       for b in tree.branches]  # fmt: skip
             if any(errors):
                 message = next(e for e in errors if e)
                 results[index] = [_failed(b, len(tree.trunk) + len(b.tail), message) for b in tree.branches]
                 continue
             groups[extends_prefix(tree.trunk, prefix_ids)].append((index, tree))
-        waiting: list[Request] = []
+        specs: list[RequestSpec] = []
         flat: list[tuple[int, int]] = []  # generation request index -> (tree, branch)
         for uses_prefix, members in groups.items():
             if not members:
                 continue
-            prefix = self._scorer.prefixes.get(prefix_ids) if uses_prefix else None
-            passed = self._brancher.run(members, prefix, restrict_vocab)
+            passed = self._exclusive(lambda members=members, uses_prefix=uses_prefix: self._brancher.run(
+                members, self._scorer.prefixes.get(prefix_ids) if uses_prefix else None, restrict_vocab))  # fmt: skip
             for index, tree in members:
                 for b, branch in enumerate(tree.branches):
                     prompt = list(tree.trunk + branch.tail)
                     if branch.scored:
                         results[index][b] = ScoreResult(passed.scores[(index, b)], len(prompt))
                     else:
-                        waiting.append(self._request(len(flat), prompt, branch.params, passed.trunks[index]))
+                        specs.append(RequestSpec(len(flat), prompt, branch.params, passed.trunks[index]))
                         flat.append((index, b))
         completions: list[Completion | None] = [None] * len(flat)
-        self._generate(waiting, completions)
+        self._generate(specs, completions)
         for (index, b), completion in zip(flat, completions, strict=True):
             results[index][b] = completion
         return results  # type: ignore[return-value]
@@ -328,13 +333,13 @@ class GemmaEngine:
         prefix_ids = tuple(int(t) for t in shared_prefix) if shared_prefix else ()
         results: list[FeatureResult | None] = [None] * len(prompts)
         fitting: list[tuple[int, list[int]]] = []
-        for index, (prompt, ids) in enumerate(zip(prompts, self._prompt_ids(prompts), strict=True)):
-            error = self._prompt_error(prompt, ids, room=0)
+        for index, (prompt, ids) in enumerate(zip(prompts, self._prompts.ids(prompts), strict=True)):
+            error = self._prompts.error(prompt, ids, room=0)
             if error is not None:
                 results[index] = FeatureResult(None, len(ids), error)
             else:
                 fitting.append((index, ids))
-        vectors = self._features.read(fitting, pooling, prefix_ids)
+        vectors = self._exclusive(lambda: self._features.read(fitting, pooling, prefix_ids))
         for index, ids in fitting:
             results[index] = FeatureResult(vectors[index], len(ids))
         return [r for r in results if r is not None]

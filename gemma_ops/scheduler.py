@@ -130,10 +130,19 @@ class Scheduler:
     def retire(self) -> list[Request]:
         """Remove the finished requests from the running ones, keeping the rest in slots 0..n-1."""
         done = [r for r in self.running if r.finished]
-        for request in sorted(done, key=lambda r: r.slot, reverse=True):
+        self._vacate(done)
+        return done
+
+    def drop(self, requests: Iterable[Request]) -> None:
+        """Forget ``requests`` (a failed call's), waiting or running, freeing their slots."""
+        gone = set(requests)
+        self.waiting = deque(r for r in self.waiting if r not in gone)
+        self._vacate([r for r in self.running if r in gone])
+
+    def _vacate(self, leaving: list[Request]) -> None:
+        for request in sorted(leaving, key=lambda r: r.slot, reverse=True):
             last = self.running.pop()
             if last is not request:  # the last running request moves into the freed slot
                 self.cache.move(last.slot, request.slot, length=last.last_position)
                 last.slot = request.slot
                 self.running[request.slot] = last
-        return done

@@ -34,10 +34,14 @@ GPU_PICK_LOCK = "gemma-beam-gpu-pick.lock"
 
 
 def build_engine(path: Path, **engine_kwargs: Any) -> Any:
-    """The default engine factory: GemmaEngine, imported here so Beam code never needs torch."""
+    """The default engine factory: a serving GemmaEngine (imported here so Beam code never needs torch). Every
+    RunInference call and thread of the worker that reaches this model copy shares its one engine loop, so
+    slots freed by one batch's finished requests refill with the next batch's."""
     from gemma_ops.engine import GemmaEngine
 
-    return GemmaEngine.from_pretrained(path, **engine_kwargs)
+    engine = GemmaEngine.from_pretrained(path, **engine_kwargs)
+    engine.serve()
+    return engine
 
 
 def pick_gpu(free_bytes: Sequence[int]) -> int:

@@ -19,6 +19,7 @@ raises ``DeviceFailure`` at once instead of touching the device again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -54,7 +55,8 @@ class _Ask:
 
 
 class EngineRunner:
-    """What ``load_model`` returns: the engine plus request handling; one engine call at a time."""
+    """What ``load_model`` returns: the engine plus request handling. Calls from several threads overlap when
+    the engine is serving (``concurrent_calls``), else they run one at a time."""
 
     def __init__(
         self,
@@ -83,7 +85,8 @@ class EngineRunner:
         self._head = head
         self._adapter = adapter
         self._read_long_documents = settings.long_documents == "chunk"
-        self._lock = threading.Lock()
+        # a serving engine takes calls from several threads at once (their generations share one batch)
+        self._lock = contextlib.nullcontext() if getattr(engine, "concurrent_calls", False) else threading.Lock()
         self._priors = Priors(self.prompts, self._score)
         self._calls = ShrinkingCalls()
 
