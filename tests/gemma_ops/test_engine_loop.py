@@ -55,7 +55,7 @@ def _in_threads(*calls) -> list:
     def run(i, call):
         try:
             results[i] = call()
-        except Exception as err:  # noqa: BLE001 -- the test compares it
+        except Exception as err:  # the test compares it
             results[i] = err
 
     threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
