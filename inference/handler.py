@@ -3,7 +3,8 @@
 The handler takes ``(key, request)`` pairs and returns ``(key, response)`` pairs, one per element, in order.
 Keys (the pipeline's records) stay in the SDK process; only the request dataclasses of ``inference.requests``
 reach the model, which may live in another process (``share_model_across_processes``). The loaded model
-is an :class:`~inference.runner.EngineRunner`.
+is an :class:`~inference.runner.EngineRunner` over a serving engine: calls from every thread (and, through the
+proxy, every process) run at once, and their generation requests share the engine loop's one batch.
 """
 
 from __future__ import annotations

@@ -23,8 +23,12 @@ def fake_handler(factory=fake_engine_factory) -> GemmaModelHandler:
     return GemmaModelHandler(ModelSettings(model_copies=0), engine_factory=factory, model_resolver=fake_resolver)
 
 
-def run_job(config: JobConfig, handler: GemmaModelHandler | None = None, runner: str = FN_API) -> RunSummary:
-    pipeline = beam.Pipeline(runner=runner, options=PipelineOptions())
+def run_job(
+    config: JobConfig, handler: GemmaModelHandler | None = None, runner: str = FN_API, threads: int = 1
+) -> RunSummary:
+    """``threads``: the local runner's worker threads (RunInference batches in flight at once)."""
+    threading = {"direct_num_workers": threads, "direct_running_mode": "multi_threading"} if threads > 1 else {}
+    pipeline = beam.Pipeline(runner=runner, options=PipelineOptions(flags=[], **threading))
     outputs = build_pipeline(pipeline, config, handler=handler or fake_handler(), progress=False)
     result = pipeline.run()
     result.wait_until_finish()

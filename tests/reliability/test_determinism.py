@@ -31,7 +31,9 @@ WIDE, NARROW = 16384, 150  # one batch of everything vs one or two records per b
 SCORE_TOLERANCE = 1e-6
 
 
-def _run(model: Path, source: Path, out: Path, batch_max_tokens: int, **job) -> tuple[list[dict], int]:
+def _run(
+    model: Path, source: Path, out: Path, batch_max_tokens: int, threads: int = 1, **job
+) -> tuple[list[dict], int]:
     config = JobConfig(
         input=str(source), output=str(out), model=str(model), run_id="det", batch_max_tokens=batch_max_tokens, **job
     )
@@ -40,7 +42,7 @@ def _run(model: Path, source: Path, out: Path, batch_max_tokens: int, **job) -> 
             model=str(model), device="cpu", dtype="float32", model_copies=0, batch_max_tokens=batch_max_tokens
         )
     )
-    summary = run_job(config, handler)
+    summary = run_job(config, handler, threads=threads)
     assert error_rows(summary) == []
     return sorted(result_rows(summary), key=lambda r: r["id"]), summary.batches
 
@@ -80,3 +82,13 @@ def test_summaries_are_identical_across_batch_compositions(tiny_gemma3, source, 
     assert untimed(wide) == untimed(narrow)  # every column but the timing, bit for bit
     assert all(r["output_tokens"] > 0 for r in wide)
     assert len({r["summary"] for r in wide}) > 1  # not a degenerate constant output
+
+
+def test_summaries_are_identical_when_batches_from_several_threads_share_the_engine(tiny_gemma3, source, tmp_path):
+    """Three runner threads send their RunInference batches to the one serving engine at once: the requests of
+    different batches decode side by side, and every row is still the same as from one batch on one thread."""
+    job = {"task": "summarize", "max_new_tokens": 6, "temperature": 0.9, "seed": 99}
+    alone, _ = _run(tiny_gemma3, source, tmp_path / "alone", WIDE, **job)
+    shared, batches = _run(tiny_gemma3, source, tmp_path / "shared", NARROW, threads=3, **job)
+    assert batches >= 4
+    assert untimed(alone) == untimed(shared)
