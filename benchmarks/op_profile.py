@@ -1,14 +1,17 @@
 """Where the engine's time goes, per op, on the engine benchmark workload and on the scoring path (not a test).
 
 Runs the embedded Gemma 3 270M (bfloat16, 2 threads) under torch.profiler with labelled ranges put around the
-engine's pieces from outside (the library carries no profiling code): every top-level aten op is charged to the
-innermost labelled range it ran in, and what a phase spent outside aten ops is its Python overhead.
+engine's pieces from outside (the library carries no profiling code): every top-level op is charged to the
+innermost labelled range it ran in, and what a phase spent outside ops is its Python overhead.
 
-    python -m benchmarks.op_profile [--prompts 48] [--new-tokens 32] [--score-prompts 200]
+    python -m benchmarks.op_profile [--prompts 48] [--new-tokens 32] [--score-prompts 200] [--llama-shape]
+
+With --llama-shape the generation workload is llama.cpp's comparison shape instead (48 prompts cut to 182 tokens,
+32 new, ignore_eos; see engine_throughput --llama-cpp).
 
 Phases: prefill (packed prompts), decode (one step of every running request), score (packed prompt + candidate
-trees). The profiler itself slows every op a little, so the "python" share reads high; the unprofiled wall time
-of the same run is printed beside it.
+trees). Ops are ATen and oneDNN calls and torch.compile'd regions (gemma_ops.fused). The profiler itself slows
+every op a little, so the "python" share reads high; the unprofiled wall time of the same run is printed beside it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 import torch
 from torch.autograd.profiler import record_function
 
+OPS = ("aten::", "mkldnn::", "Torch-Compiled Region")  # what counts as an op: ATen, oneDNN, fused kernels
 PHASES = {"engine.prefill": "prefill", "engine.decode": "decode", "engine.score": "score", "engine.branch": "branch"}
 # (module, attribute path, label): wrapped in a record_function range while profiling. Missing ones are skipped,
 # so the list can name pieces that exist in one version of the engine and not another.
@@ -38,6 +42,11 @@ PIECES = [
     ("gemma_ops.model", "GemmaModel.logits", "output layer"),
     ("gemma_ops.layers", "RMSNorm.forward", "norms"),
     ("gemma_ops.layers", "Rope.apply", "rope"),
+    ("gemma_ops.fused", "Kernels.rms_norm", "norms"),
+    ("gemma_ops.fused", "Kernels.add_norm", "residual adds + norms"),
+    ("gemma_ops.fused", "Kernels.gelu_mul", "mlp gelu*up"),
+    ("gemma_ops.fused", "Kernels.qk_norm_rope", "qk-norm + rope"),
+    ("gemma_ops.prepack", "PackedLinear.forward", "linear (matmul)"),
     ("gemma_ops.layers", "Attention.forward_packed", "attention glue (packed)"),
     ("gemma_ops.layers", "Attention.forward_step", "attention glue (decode)"),
     ("gemma_ops.layers", "Attention._project", "qkv split + qk-norm"),
@@ -107,10 +116,10 @@ def charge(events: list[Any]) -> tuple[dict[str, dict[str, float]], dict[str, fl
     for event in events:
         if event.name in PHASES and _outermost_phase(event) is event:
             phase_wall[PHASES[event.name]] += event.cpu_time_total
-        if event.name in labels or not event.name.startswith("aten::"):
+        if event.name in labels or not event.name.startswith(OPS):
             continue
         chain = _ancestors(event)
-        if any(a.name.startswith("aten::") for a in chain):
+        if any(a.name.startswith(OPS) for a in chain):
             continue  # nested inside another op: counted with it
         label = next((a.name for a in chain if a.name in labels), "other")
         phase = next((PHASES[a.name] for a in reversed(chain) if a.name in PHASES), None)
@@ -156,6 +165,7 @@ def main() -> None:
     parser.add_argument("--score-prompts", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--llama-shape", action="store_true", help="generate on llama.cpp's comparison shape")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -163,8 +173,14 @@ def main() -> None:
     from gemma_ops import GemmaEngine, SamplingParams, default_model_path
 
     engine = GemmaEngine.from_pretrained(default_model_path(), device="cpu", dtype=args.dtype, max_context=1024)
-    prompts = passages(args.prompts, 30, 300, seed=0)
-    params = SamplingParams(max_new_tokens=args.new_tokens)
+    if args.llama_shape:
+        from benchmarks.engine_ab import llama_shape_prompts
+
+        prompts = llama_shape_prompts(engine.tokenizer, args.prompts)
+        params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
+    else:
+        prompts = passages(args.prompts, 30, 300, seed=0)
+        params = SamplingParams(max_new_tokens=args.new_tokens)
     scored = [sentiment_prompt(t) for t in passages(args.score_prompts, 8, 40, seed=1)]
     labels = [" positive", " negative", " neutral"]
     engine.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
@@ -173,7 +189,8 @@ def main() -> None:
     start = time.perf_counter()
     engine.generate(prompts, params)
     gen_wall = time.perf_counter() - start
-    report("generate (engine benchmark workload)", *profiled(lambda: engine.generate(prompts, params)), gen_wall)
+    workload = "llama.cpp shape" if args.llama_shape else "engine benchmark workload"
+    report(f"generate ({workload})", *profiled(lambda: engine.generate(prompts, params)), gen_wall)
 
     start = time.perf_counter()
     engine.score(scored, labels, restrict_vocab=True)

@@ -182,6 +182,9 @@ class EngineConfig:
     max_batch_tokens: int = 4096  # prompt tokens prefilled in one step (a longer single prompt runs alone)
     max_context: int = 4096
     max_cached_prefixes: int = 4  # score(shared_prefix=...) keys/values kept between calls
+    # CPU speed (None: on where oneDNN runs bfloat16 natively and the model is bfloat16 on the CPU):
+    prepack_weights: bool | None = None  # linear weights laid out for oneDNN once (gemma_ops.prepack)
+    compile_kernels: bool | None = None  # elementwise work fused by torch.compile (gemma_ops.fused)
 
     def __post_init__(self) -> None:
         for name in ("max_slots", "max_batch_tokens", "max_context"):

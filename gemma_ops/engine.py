@@ -67,6 +67,8 @@ class GemmaEngine:
         self.dtype = model.embed.weight.dtype
         self.max_context = min(config.max_context, model.config.max_position_embeddings)
         model.init_rope(self.max_context)
+        # before the KV-cache budget is taken (prepacking holds a copy of the output layer); seconds compiling:
+        self.compile_seconds = model.speed_up(config.prepack_weights, config.compile_kernels, config.max_slots)
         stop_ids = tokenizer.stop_ids | frozenset(model.config.eos_token_ids)
         self._finish = FinishChecker(stop_ids, self.max_context, tokenizer.decode)
         self._constraints = Constraints(tokenizer.json_text(), model.config.vocab_size, stop_ids)
@@ -100,16 +102,19 @@ class GemmaEngine:
         max_context: int = 4096,
         cache_shared_by: int = 1,
         adapter: str | Path | None = None,
+        prepack_weights: bool | None = None,
+        compile_kernels: bool | None = None,
     ) -> GemmaEngine:
         """Load a local HF-format Gemma checkpoint folder (see checkpoints.resolve_model for other sources).
         ``adapter``: a local LoRA folder in PEFT's format, checked and merged into the weights
-        (gemma_ops.adapters.lora)."""
+        (gemma_ops.adapters.lora). ``prepack_weights``, ``compile_kernels``: see EngineConfig."""
         path = Path(path)
         device = resolve_device(device)
         model = load_model(path, device, resolve_dtype(dtype, device))
         if adapter is not None:
             load_lora(model, Path(adapter), path, path.name)
-        config = EngineConfig(max_slots=max_slots, max_batch_tokens=max_batch_tokens, max_context=max_context)
+        config = EngineConfig(max_slots=max_slots, max_batch_tokens=max_batch_tokens, max_context=max_context,
+                              prepack_weights=prepack_weights, compile_kernels=compile_kernels)  # fmt: skip
         tokenizer = GemmaTokenizer.from_pretrained(path)
         return cls(model, tokenizer, config, model_name=path.name, cache_shared_by=cache_shared_by)
 

@@ -8,6 +8,9 @@ Two forward paths share the layers (gemma_ops.layers):
 - ``forward_step``: one new token for each running slot, attending to the KV cache.
 Both return hidden states before the final norm; ``logits`` turns chosen rows into logits, optionally for
 chosen vocabulary rows only (the output layer is the largest matmul of small Gemmas).
+
+For speed on CPU the engine may ``prepack`` the linear weights for oneDNN (gemma_ops.prepack) and hand the layers
+compiled elementwise kernels (``use_kernels``, gemma_ops.fused); both leave the results as they were.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from torch import nn
 
 from gemma_ops.attention import PackedPlan, PrefixKV, Segment
 from gemma_ops.config import GemmaConfig
+from gemma_ops.fused import Kernels, WarmUpShapes
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.layers import DecoderLayer, RMSNorm, Rope
+from gemma_ops.prepack import can_prepack, pack_weight, packed_linear, prepack_linears
 
 __all__ = ["GemmaModel", "PrefixKV", "Segment"]
 
@@ -37,10 +42,36 @@ class GemmaModel(nn.Module):
             None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         self.rope: Rope | None = None
+        self.kernels = Kernels.eager()
+        self._packed_output: torch.Tensor | None = None  # [V, D] in oneDNN's layout (prepack)
 
     def init_rope(self, max_positions: int) -> None:
         """Build the RoPE tables (not weights, so not in the checkpoint) on the model's device."""
         self.rope = Rope(self.config, max_positions, self.embed.weight.device)
+
+    def speed_up(self, prepack: bool | None, compile_kernels: bool | None, rows_hint: int) -> float:
+        """Prepack the weights and compile the elementwise kernels as asked (None: where oneDNN runs bfloat16
+        natively and the model is bfloat16 on the CPU); returns the seconds spent compiling."""
+        fast_cpu = can_prepack(self.embed.weight.device, self.embed.weight.dtype)
+        if prepack if prepack is not None else fast_cpu:
+            self.prepack(rows_hint)
+        return self.use_kernels(Kernels(compile_kernels if compile_kernels is not None else fast_cpu))
+
+    def use_kernels(self, kernels: Kernels) -> float:
+        """Run the layers' elementwise work through ``kernels``; returns the seconds spent compiling them."""
+        self.kernels = kernels
+        for layer in self.layers:
+            layer.use_kernels(kernels)
+        c = self.config
+        shapes = WarmUpShapes(c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim,
+                              c.rms_norm_eps, c.qk_norm, c.sandwich_norms)  # fmt: skip
+        return kernels.warm_up(shapes, self.embed.weight.device, self.embed.weight.dtype)
+
+    def prepack(self, rows_hint: int) -> None:
+        """Lay the decoder's linear weights and the output layer out for oneDNN once (gemma_ops.prepack); the
+        layers' plain weights are replaced, the output layer's kept (the embedding and scoring rows read it)."""
+        prepack_linears(self.layers, rows_hint)
+        self._packed_output = pack_weight(self.output_weight, rows_hint)
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -94,8 +125,12 @@ class GemmaModel(nn.Module):
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, vocab_rows: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [N, D] -> logits [N, V], or [N, len(vocab_rows)] for those output rows only."""
-        weight = self.output_weight if vocab_rows is None else self.output_weight[vocab_rows]
-        logits = F.linear(self.norm(hidden), weight)
+        normed = self.kernels.rms_norm(hidden, self.norm.weight, self.config.rms_norm_eps)
+        if vocab_rows is None and self._packed_output is not None:
+            logits = packed_linear(normed, self._packed_output)
+        else:
+            weight = self.output_weight if vocab_rows is None else self.output_weight[vocab_rows]
+            logits = F.linear(normed, weight)
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
