@@ -130,8 +130,8 @@ class Attention(nn.Module):
         groups = heads // kv_heads  # head h uses kv head h // groups
         scores = torch.matmul(q.reshape(batch, kv_heads, groups * length, dim), k.transpose(-1, -2))
         scores = scores.view(batch, kv_heads, groups, length, keys).float() * self.scaling  # [S, KVH, G, L, K]
-        causal = torch.ones(length, keys, dtype=torch.bool, device=q.device).tril() if mask is None else None
-        allowed = causal if mask is None else mask[:, :, None]  # [L, K] or [S, 1, 1, L, K]
+        plain = mask is None  # plain causal: [L, K] lower triangle; else the bucket's [S, 1, 1, L, K]
+        allowed = torch.ones(length, keys, dtype=torch.bool, device=q.device).tril() if plain else mask[:, :, None]
         probs = torch.softmax(scores.masked_fill_(~allowed, float("-inf")), dim=-1).to(q.dtype)
         out = torch.matmul(probs.view(batch, kv_heads, groups * length, keys), v)  # [S, KVH, G * L, Dh]
         return out.view(batch, heads, length, dim)
