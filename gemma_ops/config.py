@@ -182,6 +182,7 @@ class EngineConfig:
     max_batch_tokens: int = 4096  # prompt tokens prefilled in one step (a longer single prompt runs alone)
     max_context: int = 4096
     max_cached_prefixes: int = 4  # score(shared_prefix=...) keys/values kept between calls
+    decode_graphs: bool | None = None  # static-shape decode step: None = on CUDA only (as CUDA graphs)
 
     def __post_init__(self) -> None:
         for name in ("max_slots", "max_batch_tokens", "max_context"):
