@@ -7,7 +7,9 @@ greedy; HF one prompt at a time and HF in left-padded batches of 8. Then 200 sho
 with `score` and with `generate` + parsing the first word.
 
 GPU (`--device cuda`): random bfloat16 weights in the shape of google/gemma-2b, 1000 prompts of 512 random
-tokens, 128 new tokens, against HF batched generate on the same weights.
+tokens, 128 new tokens, against HF batched generate on the same weights. The engine's decode step runs as CUDA
+graphs there by default (`--decode-graphs auto`; `off` for the dynamic step, to compare); the table is followed
+by the mode and how many graphs were captured.
 
 With --llama-cpp (CPU), llama.cpp's llama-batched-bench on the embedded model as a BF16 GGUF and the engine on
 the same shape (48 prompts cut to 182 tokens, 32 new, ignore_eos), the engine run before and after it.
@@ -68,16 +70,20 @@ def run_engine(args) -> dict:
         max_slots=args.max_slots,
         max_batch_tokens=args.max_batch_tokens,
         max_context=args.max_context,
+        decode_graphs={"auto": None, "on": True, "off": False}[args.decode_graphs],
     )
     params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=args.device == "cuda")
     engine.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
     _sync(args.device)
     start = time.perf_counter()
-    with cost_split(engine.model, lambda: _sync(args.device)) as split:
+    with cost_split(engine.model, lambda: _sync(args.device), engine.decoder) as split:
         outs = engine.generate(prompts, params)
     _sync(args.device)
     wall = time.perf_counter() - start
+    stats = engine.decoder.stats
     return {
+        "decode": f"{stats.mode}, {stats.graphs_captured} graphs captured ({stats.graphs_held} held), "
+        f"{stats.steps} steps (warm-up included)",
         "output_tokens": sum(len(o.token_ids) for o in outs),
         "prompt_tokens": sum(o.prompt_tokens for o in outs),
         "wall_s": wall,
@@ -95,7 +101,7 @@ def run_llama_shape(args) -> dict:
     prompts = llama_shape_prompts(engine.tokenizer, LLAMA_SHAPE[0], LLAMA_SHAPE[1])
     engine.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
     start = time.perf_counter()
-    with cost_split(engine.model) as split:
+    with cost_split(engine.model, decoder=engine.decoder) as split:
         outs = engine.generate(prompts, SamplingParams(max_new_tokens=LLAMA_SHAPE[2], ignore_eos=True))
     wall = time.perf_counter() - start
     return {"output_tokens": sum(len(o.token_ids) for o in outs), "wall_s": wall, "split": split}
@@ -247,6 +253,13 @@ def main() -> None:
     parser.add_argument("--max-slots", type=int, default=None, help="engine slots; default 64 (cpu) / 256 (cuda)")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="default 4096 (cpu) / 16384 (cuda)")
     parser.add_argument("--max-context", type=int, default=1024)
+    parser.add_argument(
+        "--decode-graphs",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="engine decode step: auto = CUDA graphs "
+        "on cuda, dynamic on cpu; on = static shapes (captured on cuda, eager on cpu); off = dynamic",
+    )
     parser.add_argument("--score-prompts", type=int, default=200)
     parser.add_argument("--scratch", default="/tmp/gemma-bench")
     parser.add_argument(
@@ -295,6 +308,7 @@ def main() -> None:
             )
         if "engine" in gen:
             print(f"engine generation cost split: {describe(gen['engine']['split'])}")
+            print(f"engine decode step: {gen['engine']['decode']}")
         if gpu and engine_rate:
             share = engine_rate / H100_BOUND_TOKENS_PER_S
             print(f"engine at {share:.1%} of the H100 bound ({H100_BOUND_TOKENS_PER_S} tok/s)")

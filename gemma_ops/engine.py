@@ -22,7 +22,7 @@ from gemma_ops.adapters.lora import load_lora
 from gemma_ops.branching import Branch, Brancher, Tree
 from gemma_ops.config import EngineConfig
 from gemma_ops.constraints import Constraints
-from gemma_ops.decode_graphs import DecodeStats, DecodeStep, decode_mode
+from gemma_ops.decode_graphs import DecodeStep, decode_mode
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
 from gemma_ops.engine_loop import EngineLoop, LoopParts, RequestSpec
 from gemma_ops.features import FeatureReader, FeatureResult
@@ -75,7 +75,7 @@ class GemmaEngine:
         self._scorer = Scorer(model, config.max_batch_tokens, config.max_cached_prefixes)
         self._brancher = Brancher(model, config.max_batch_tokens)
         self._features = FeatureReader(model, config.max_batch_tokens, config.max_cached_prefixes)
-        self._decoder = DecodeStep(model, decode_mode(config.decode_graphs, self.device))
+        self.decoder = DecodeStep(model, decode_mode(config.decode_graphs, self.device))
         self._prefill_tokens = 0
         self._loop: EngineLoop | None = None
         self._prompts = PromptCheck(tokenizer, model.config.vocab_size, self.max_context)
@@ -89,11 +89,6 @@ class GemmaEngine:
     def mask_seconds(self) -> float:
         """Time spent so far filling and applying constrained requests' token masks (``json_schema``)."""
         return self._constraints.mask_seconds
-
-    @property
-    def decode_stats(self) -> DecodeStats:
-        """The decode step's mode (dynamic, static, cuda graphs), steps run and graphs captured."""
-        return self._decoder.stats
 
     @classmethod
     def from_pretrained(
@@ -224,7 +219,7 @@ class GemmaEngine:
 
     def _decode(self, requests: Sequence[Request], cache: KVCache) -> torch.Tensor:
         """One step of the running requests (slots 0..B-1) -> logits [B, V] (gemma_ops.decode_graphs)."""
-        hidden = self._decoder.step([r.output[-1] for r in requests], [r.last_position for r in requests], cache)
+        hidden = self.decoder.step([r.output[-1] for r in requests], [r.last_position for r in requests], cache)
         return self.model.logits(hidden)  # [B, V]
 
     def _postprocess(self, requests: Sequence[Request], logits: torch.Tensor) -> None:

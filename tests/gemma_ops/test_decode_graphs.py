@@ -116,7 +116,7 @@ def _generate_both(path, device: str, prompts, params, max_slots: int = 3):
             path, device=device, dtype="float32", max_slots=max_slots, max_context=512, decode_graphs=graphs
         )
         outs.append([(c.token_ids, c.finish_reason, c.text) for c in engine.generate(prompts, params)])
-        stats.append(engine.decode_stats)
+        stats.append(engine.decoder.stats)
     return outs, stats
 
 
@@ -165,6 +165,6 @@ def test_engine_graphs_are_recaptured_when_the_cache_is_reallocated(tiny_checkpo
     for call in (slice(0, 2), slice(None)):
         outs = [[c.token_ids for c in e.generate(prompts[call], params[call])] for e in engines]
         assert outs[1] == outs[0]
-    stats = engines[1].decode_stats
+    stats = engines[1].decoder.stats
     assert stats.mode == CUDA_GRAPHS
     assert stats.graphs_captured > stats.graphs_held > 0  # the first cache's graphs were dropped
