@@ -8,7 +8,8 @@ launch, but it fixes every tensor's shape and address when it is captured. So th
 - pads the batch up to a bucket (``batch_buckets``: 1, 2, 4, 8, 16, 32, then steps of 32, and max_slots);
   padded rows feed token 0 at position 0 into the free slots after the running ones (the scheduler keeps running
   requests in slots 0..n-1, and a slot is overwritten by the prefill that takes it), and their rows are dropped;
-- attends to a fixed key length (the longest position rounded up to ``key_block``, capped by the cache's
+- attends to a fixed key length (``key_bucket``: the longest position + 1 rounded up to a multiple of 64, or
+  of an eighth of its power of two above 512, so at most 12.5% more keys are read; capped by the cache's
   context) with a mask (key index <= position) instead of slicing the cache to the longest position; ring
   (sliding-window) layers read min(key length, window) entries under the same mask;
 - reads its inputs from buffers allocated once per KV cache ([2, max_slots]: tokens, positions; one host-to-device
@@ -16,7 +17,8 @@ launch, but it fixes every tensor's shape and address when it is captured. So th
 
 On CUDA ("cuda graphs") each (batch bucket, key length) is captured on first use, after a warm-up run on a side
 stream, into a memory pool that all graphs of one cache share (they never run concurrently), then replayed. Only
-the buckets a workload uses are captured. The graphs belong to one KV cache: when the engine reallocates its cache
+the buckets a workload uses are captured, and at most ``MAX_GRAPHS`` are kept (the least recently used goes
+first). The graphs belong to one KV cache: when the engine reallocates its cache
 they are dropped and recaptured on the new one (the cache is held by weak reference, so the old one is freed as
 the allocator intends). Sampling and the output layer stay outside the graph (the output layer then runs on the
 real rows only). On the CPU "static" runs the same function without capture: that is how its results are
@@ -37,7 +39,8 @@ from gemma_ops.kv_cache import KVCache
 from gemma_ops.model import GemmaModel
 
 DYNAMIC, STATIC, CUDA_GRAPHS = "dynamic", "static", "cuda graphs"
-KEY_BLOCK = 256  # key lengths are multiples of this (attention reads a little more; far fewer graphs)
+KEY_BLOCK = 64  # the smallest step between key lengths (attention reads a little more; far fewer graphs)
+MAX_GRAPHS = 128  # graphs kept per cache (a graph holds its kernels' parameters; the memory pool is shared)
 WARMUP_RUNS = 2  # eager runs on a side stream before a capture (cuBLAS handles, workspaces, SDPA choice)
 
 
@@ -67,11 +70,13 @@ def batch_bucket(n: int, max_slots: int) -> int:
 
 
 def key_bucket(length: int, block: int, context: int) -> int:
-    """Keys a static step attends to: ``length`` (longest position + 1) rounded up to ``block``, capped by
+    """Keys a static step attends to: ``length`` (longest position + 1) rounded up to a multiple of ``block``,
+    or of 2^k / 8 for 2^k < length <= 2^(k+1) when that is larger (eight buckets per doubling), capped by
     ``context`` (the global layers' cache capacity)."""
     if not 1 <= length <= context:
         raise ValueError(f"a decode step needs {length} keys; the cache holds {context}")
-    return min(-(-length // block) * block, context)
+    step = max(block, (1 << max((length - 1).bit_length() - 1, 0)) // 8)
+    return min(-(-length // step) * step, context)
 
 
 @dataclass(frozen=True)
@@ -128,9 +133,10 @@ class DecodeStep:
         if self.mode == STATIC:
             self._run(batch, keys, cache)
         else:
-            graph = self._graphs.get((batch, keys))
+            graph = self._graphs.pop((batch, keys), None)
             if graph is None:
                 graph = self._capture(batch, keys, cache)
+            self._graphs[(batch, keys)] = graph  # (re)inserted last: the dict runs from least to most recent
             graph.replay()
         return self._hidden[:n]
 
@@ -172,6 +178,7 @@ class DecodeStep:
         # thread_local: other threads of the worker (another model copy, tokenization) may use CUDA meanwhile
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             self._run(batch, keys, cache)
-        self._graphs[(batch, keys)] = graph
+        if len(self._graphs) >= MAX_GRAPHS:
+            del self._graphs[next(iter(self._graphs))]  # the least recently used
         self.graphs_captured += 1
         return graph

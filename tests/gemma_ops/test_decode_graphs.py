@@ -3,6 +3,8 @@ output, on tiny random checkpoints in float32. The CPU runs it eagerly; the CUDA
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -37,6 +39,9 @@ def test_buckets():
     assert batch_buckets(1) == (1,)
     assert [batch_bucket(n, 100) for n in (1, 3, 5, 17, 33, 97, 100)] == [1, 4, 8, 32, 64, 100, 100]
     assert [key_bucket(n, 256, 1000) for n in (1, 256, 257, 768, 769, 1000)] == [256, 256, 512, 768, 1000, 1000]
+    lengths = (1, 64, 65, 512, 513, 577, 1025, 4000, 4096)
+    assert [key_bucket(n, 64, 4096) for n in lengths] == [64, 64, 128, 512, 576, 640, 1152, 4096, 4096]
+    assert all(0 <= key_bucket(n, 64, 4096) - n < max(64, n / 8) for n in range(1, 4097))  # <= 12.5% extra
     with pytest.raises(ValueError, match="does not fit a cache of 4 slots"):
         batch_bucket(5, 4)
     with pytest.raises(ValueError, match="needs 65 keys; the cache holds 64"):
@@ -73,19 +78,22 @@ def _prefilled(model, prompts: list[list[int]], slots: int, device: str) -> KVCa
     return cache
 
 
-def _compare_steps(model, static: DecodeStep, device: str) -> None:
+def _compare_steps(model, static: DecodeStep, device: str) -> set[tuple[int, int]]:
     """Three requests of mixed lengths (one past the sliding window from the start, one crossing it) decode side
     by side through the dynamic step and ``static``, each on its own cache; the batch shrinks to 2, then 1.
-    Every step's logits and every written cache entry of the running slots must agree."""
+    Every step's logits and every written cache entry of the running slots must agree. Returns the (batch,
+    keys) shapes the static step ran."""
     dynamic = DecodeStep(model, DYNAMIC)
     seqs = [_ids(1, 2 * WINDOW + 20), _ids(2, WINDOW + 22), _ids(3, 24)]
     prompt_lens = [2 * WINDOW + 1, WINDOW - 2, 4]
     prompts = [s[:n] for s, n in zip(seqs, prompt_lens, strict=True)]
     caches = [_prefilled(model, prompts, slots=5, device=device) for _ in range(2)]
+    shapes = set()
     for step in range(18):
         running = 3 if step < 8 else 2 if step < 14 else 1
         positions = [n + step for n in prompt_lens[:running]]
         tokens = [seq[p] for seq, p in zip(seqs[:running], positions, strict=True)]
+        shapes.add((batch_bucket(running, 5), key_bucket(max(positions) + 1, static.key_block, 64)))
         with torch.inference_mode():
             expected = model.logits(dynamic.step(tokens, positions, caches[0]))
             got = model.logits(static.step(tokens, positions, caches[1]))
@@ -99,6 +107,7 @@ def _compare_steps(model, static: DecodeStep, device: str) -> None:
                     static_side[layer][slot, :, :written], dynamic_side[layer][slot, :, :written]
                 )
     assert dynamic.stats.steps == static.stats.steps == 18
+    return shapes
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -106,7 +115,28 @@ def test_static_step_equals_dynamic_step(tiny_checkpoints, family):
     """Padded batches (3 of 5 slots -> 4 rows) and key lengths in blocks of 8, under the mask, on the CPU."""
     model = load_model(tiny_checkpoints[family], "cpu", torch.float32)
     model.init_rope(64)
-    _compare_steps(model, DecodeStep(model, STATIC, key_block=8), "cpu")
+    shapes = _compare_steps(model, DecodeStep(model, STATIC, key_block=8), "cpu")
+    assert {batch for batch, _ in shapes} == {4, 2, 1} and {keys for _, keys in shapes} == {24, 32, 40}
+
+
+def test_static_step_follows_a_reallocated_cache(tiny_checkpoints):
+    """Buffers belong to one cache: a larger cache gets new ones, and the old cache is not kept alive."""
+    model = load_model(tiny_checkpoints["gemma3"], "cpu", torch.float32)
+    model.init_rope(64)
+    static, dynamic = DecodeStep(model, STATIC, key_block=8), DecodeStep(model, DYNAMIC)
+    prompts = [_ids(50 + i, 3 + 4 * i) for i in range(5)]
+    small = _prefilled(model, prompts[:2], slots=2, device="cpu")
+    with torch.inference_mode():
+        static.step([7, 8], [3, 7], small)
+    gone = weakref.ref(small)
+    del small
+    assert gone() is None
+    caches = [_prefilled(model, prompts, slots=6, device="cpu") for _ in range(2)]
+    positions = [len(p) for p in prompts]
+    with torch.inference_mode():
+        got = model.logits(static.step([9, 10, 11, 12, 13], positions, caches[0]))  # 5 rows: bucket 6
+        expected = model.logits(dynamic.step([9, 10, 11, 12, 13], positions, caches[1]))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def _generate_both(path, device: str, prompts, params, max_slots: int = 3):
@@ -147,10 +177,8 @@ def test_graph_replays_equal_the_dynamic_step(tiny_checkpoints, family):
     model = load_model(tiny_checkpoints[family], "cuda", torch.float32)
     model.init_rope(64)
     graphs = DecodeStep(model, CUDA_GRAPHS, key_block=8)
-    _compare_steps(model, graphs, "cuda")
-    # batch buckets 4, 2, 1; key lengths (longest position + 1) 18..35 -> blocks 24, 32, 40
-    assert graphs.stats.graphs_captured == graphs.stats.graphs_held
-    assert 3 <= graphs.stats.graphs_captured <= 6
+    shapes = _compare_steps(model, graphs, "cuda")
+    assert graphs.stats.graphs_captured == graphs.stats.graphs_held == len(shapes) == 5  # one per shape, kept
 
 
 @needs_cuda
