@@ -8,8 +8,8 @@ with `score` and with `generate` + parsing the first word.
 
 GPU (`--device cuda`): random bfloat16 weights in the shape of google/gemma-2b, 1000 prompts of 512 random
 tokens, 128 new tokens, against HF batched generate on the same weights. The engine's decode step runs as CUDA
-graphs there by default (`--decode-graphs auto`; `off` for the dynamic step, to compare); the table is followed
-by the mode and how many graphs were captured.
+graphs there by default (`--decode-graphs auto`; `off` for the dynamic step; `--systems engine,engine-dynamic`
+runs both, one after the other); the table is followed by the mode and how many graphs were captured.
 
 With --llama-cpp (CPU), llama.cpp's llama-batched-bench on the embedded model as a BF16 GGUF and the engine on
 the same shape (48 prompts cut to 182 tokens, 32 new, ignore_eos), the engine run before and after it.
@@ -59,7 +59,8 @@ def _model_path(args) -> Path:
 
 
 # -------------------------------------------------------------------------------------------- systems
-def run_engine(args) -> dict:
+def run_engine(args, decode_graphs: str | None = None) -> dict:
+    """``decode_graphs``: auto, on or off (default: the --decode-graphs flag)."""
     from gemma_ops import GemmaEngine, SamplingParams
 
     prompts = gpu_prompts(args.prompts, args.prompt_tokens) if args.device == "cuda" else _cpu_prompts(args)
@@ -70,7 +71,7 @@ def run_engine(args) -> dict:
         max_slots=args.max_slots,
         max_batch_tokens=args.max_batch_tokens,
         max_context=args.max_context,
-        decode_graphs={"auto": None, "on": True, "off": False}[args.decode_graphs],
+        decode_graphs={"auto": None, "on": True, "off": False}[decode_graphs or args.decode_graphs],
     )
     params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=args.device == "cuda")
     engine.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
@@ -209,6 +210,7 @@ def _sync(device: str) -> None:
 
 SYSTEMS = {
     "engine": run_engine,
+    "engine-dynamic": lambda args: run_engine(args, "off"),  # the dynamic decode step, for an A/B with graphs
     "hf-single": lambda args: run_hf(args, 1),
     "hf-batched": lambda args: run_hf(args, args.hf_batch),
     "score": run_scoring,
@@ -295,12 +297,12 @@ def main() -> None:
         results[name] = result
     gen = {k: v for k, v in results.items() if k not in ("score", "llama-shape", "llama-cpp")}
     if gen:
-        print(f"\n{'system':<12} {'out tokens':>10} {'wall s':>8} {'tok/s':>8} {'engine x':>9} {'peak MB':>8}")
+        print(f"\n{'system':<14} {'out tokens':>10} {'wall s':>8} {'tok/s':>8} {'engine x':>9} {'peak MB':>8}")
         engine_rate = gen["engine"]["output_tokens"] / gen["engine"]["wall_s"] if "engine" in gen else None
         for name, r in gen.items():
             rate = r["output_tokens"] / r["wall_s"]
             ratio = f"{engine_rate / rate:9.2f}" if engine_rate else f"{'-':>9}"
-            print(f"{name:<12} {r['output_tokens']:>10} {r['wall_s']:>8.1f} {rate:>8.1f} {ratio} {r['peak_mb']:>8.0f}")
+            print(f"{name:<14} {r['output_tokens']:>10} {r['wall_s']:>8.1f} {rate:>8.1f} {ratio} {r['peak_mb']:>8.0f}")
         if "engine" in gen and "hf-single" in gen:
             same = sum(a == b for a, b in zip(gen["engine"]["tokens"], gen["hf-single"]["tokens"], strict=True))
             print(

@@ -1,7 +1,7 @@
 """The decode step: dynamic shapes, or static shapes that a GPU captures once per bucket as CUDA graphs.
 
 Why: on a GPU one decode step of a small Gemma is several hundred small kernels, and launching them one by one
-from Python takes longer than running them at the batch sizes decode sees. A CUDA graph replays them all with one
+from Python can take longer than running them, at small batches above all. A CUDA graph replays them all with one
 launch, but it fixes every tensor's shape and address when it is captured. So the static step
 (``DecodeStep(mode="static" | "cuda graphs")``):
 
@@ -15,14 +15,14 @@ launch, but it fixes every tensor's shape and address when it is captured. So th
 - reads its inputs from buffers allocated once per KV cache ([2, max_slots]: tokens, positions; one host-to-device
   copy per step) and writes the last hidden states into one [max_slots, D] buffer that every bucket shares.
 
-On CUDA ("cuda graphs") each (batch bucket, key length) is captured on first use, after a warm-up run on a side
+On CUDA ("cuda graphs") each (batch bucket, key length) is captured on first use, after warm-up runs on a side
 stream, into a memory pool that all graphs of one cache share (they never run concurrently), then replayed. Only
 the buckets a workload uses are captured, and at most ``MAX_GRAPHS`` are kept (the least recently used goes
-first). The graphs belong to one KV cache: when the engine reallocates its cache
-they are dropped and recaptured on the new one (the cache is held by weak reference, so the old one is freed as
-the allocator intends). Sampling and the output layer stay outside the graph (the output layer then runs on the
-real rows only). On the CPU "static" runs the same function without capture: that is how its results are
-tested against the dynamic step, and the eager fallback on CUDA.
+first). The graphs belong to one KV cache: when the engine reallocates its cache they are dropped and recaptured
+on the new one (the cache is held by weak reference, so the old one is freed as the allocator intends). Sampling
+and the output layer stay outside the graph (the output layer then runs on the real rows only). "static" runs the
+same function eagerly: on the CPU that is how it is tested against the dynamic step; on CUDA it is the uncaptured
+reference for a graph.
 
 The dynamic step ("dynamic", the CPU default) is ``GemmaModel.forward_step`` with exact shapes: no padding, keys
 up to the longest position.
