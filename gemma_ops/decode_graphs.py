@@ -137,7 +137,8 @@ class DecodeStep:
             if graph is None:
                 graph = self._capture(batch, keys, cache)
             self._graphs[(batch, keys)] = graph  # (re)inserted last: the dict runs from least to most recent
-            graph.replay()
+            with torch.cuda.device(device):  # replays on the current stream of the current device
+                graph.replay()
         return self._hidden[:n]
 
     def _bind(self, cache: KVCache) -> None:
@@ -167,17 +168,18 @@ class DecodeStep:
     def _capture(self, batch: int, keys: int, cache: KVCache) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream, then capture the step. The warm-up runs write this step's keys and values
         into the cache, which the replay that follows writes again, identically."""
-        current = torch.cuda.current_stream()
-        side = torch.cuda.Stream()
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
-                self._run(batch, keys, cache)
-        current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads of the worker (another model copy, tokenization) may use CUDA meanwhile
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            self._run(batch, keys, cache)
+        with torch.cuda.device(self.model.embed.weight.device):  # the model's GPU, whichever is current
+            current = torch.cuda.current_stream()
+            side = torch.cuda.Stream()
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_RUNS):
+                    self._run(batch, keys, cache)
+            current.wait_stream(side)
+            # thread_local: other threads of the worker (another model copy, tokenization) may use CUDA meanwhile
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                self._run(batch, keys, cache)
         if len(self._graphs) >= MAX_GRAPHS:
             del self._graphs[next(iter(self._graphs))]  # the least recently used
         self.graphs_captured += 1
