@@ -3,6 +3,7 @@ output, on tiny random checkpoints in float32. The CPU runs it eagerly; the CUDA
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import pytest
@@ -22,6 +23,7 @@ from gemma_ops.decode_graphs import (
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.model import Segment
 from gemma_ops.weights import load_model
+from tests.gemma_ops.test_serving import _calls, _outcome
 from tests.tiny_models import FAMILIES, WINDOW
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -168,6 +170,32 @@ def test_engine_output_is_unchanged_with_the_static_step_forced_on_cpu(tiny_chec
     assert (dynamic_stats.mode, static_stats.mode) == (DYNAMIC, STATIC)
     assert static_stats.steps == dynamic_stats.steps > 0
     assert static_stats.graphs_captured == 0
+
+
+def test_a_serving_engine_with_the_static_step_answers_as_the_dynamic_engine(tiny_checkpoints):
+    """Two generate calls from two threads share the loop's running batch (padded, masked) on the static step."""
+    path = tiny_checkpoints["gemma3"]
+    plain = GemmaEngine.from_pretrained(path, device="cpu", dtype="float32", max_slots=3, max_context=96)
+    expected = [_outcome(call()) for call in _calls(plain)[:2]]
+    serving = GemmaEngine.from_pretrained(
+        path, device="cpu", dtype="float32", max_slots=3, max_context=96, decode_graphs=True
+    )
+    serving.serve()
+    got: list = [None, None]
+    start = threading.Barrier(2)
+
+    def run(i, call):
+        start.wait()
+        got[i] = _outcome(call())
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(_calls(serving)[:2])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    serving.close()
+    assert got == expected
+    assert serving.decoder.stats.mode == STATIC and serving.decoder.stats.steps > 0
 
 
 # ----------------------------------------------------------------------------------------- CUDA only
