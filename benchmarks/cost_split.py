@@ -2,8 +2,10 @@
 
 The model's entry points are wrapped with timers from outside for the length of one call (the library carries no
 timing code): ``forward_packed`` (prompt prefill and scoring passes), ``forward_step`` (decode steps) and
-``logits`` (the output layer, timed on its own: prefill and decode figures exclude it). The rest is sampling,
-finish checks, scheduling, tokenization and Python. On CUDA each timer synchronizes, which costs a little overlap.
+``logits`` (the output layer, timed on its own: prefill and decode figures exclude it). Given the engine's
+``decoder`` (gemma_ops.decode_graphs), decode is timed at its ``step`` instead: a CUDA graph replay never calls
+``forward_step``. The rest is sampling, finish checks, scheduling, tokenization and Python. On CUDA each timer
+synchronizes, which costs a little overlap.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ PIECES = {"forward_packed": "prefill", "forward_step": "decode", "logits": "outp
 
 
 @contextmanager
-def cost_split(model: Any, sync: Callable[[], None] = lambda: None) -> Iterator[dict[str, float]]:
+def cost_split(model: Any, sync: Callable[[], None] = lambda: None, decoder: Any = None) -> Iterator[dict[str, float]]:
     """Seconds per piece, filled in while the block runs; ``other`` is added when it ends."""
     seconds = {label: 0.0 for label in PIECES.values()}
     start = time.perf_counter()
+    targets = {name: model for name in PIECES}
+    if decoder is not None:
+        del targets["forward_step"]
+        targets["step"] = decoder
 
     def timed(name: str) -> Callable[..., Any]:
-        original = getattr(model, name)
+        original = getattr(targets[name], name)
 
         def run(*args: Any, **kwargs: Any) -> Any:
             sync()
@@ -32,17 +38,17 @@ def cost_split(model: Any, sync: Callable[[], None] = lambda: None) -> Iterator[
                 return original(*args, **kwargs)
             finally:
                 sync()
-                seconds[PIECES[name]] += time.perf_counter() - begin
+                seconds[PIECES.get(name, "decode")] += time.perf_counter() - begin
 
         return run
 
-    for name in PIECES:
-        model.__dict__[name] = timed(name)  # an instance attribute shadows the method for this block only
+    for name, target in targets.items():
+        target.__dict__[name] = timed(name)  # an instance attribute shadows the method for this block only
     try:
         yield seconds
     finally:
-        for name in PIECES:
-            del model.__dict__[name]
+        for name, target in targets.items():
+            del target.__dict__[name]
         seconds["other"] = max(time.perf_counter() - start - sum(seconds.values()), 0.0)
 
 

@@ -7,7 +7,9 @@ greedy; HF one prompt at a time and HF in left-padded batches of 8. Then 200 sho
 with `score` and with `generate` + parsing the first word.
 
 GPU (`--device cuda`): random bfloat16 weights in the shape of google/gemma-2b, 1000 prompts of 512 random
-tokens, 128 new tokens, against HF batched generate on the same weights.
+tokens, 128 new tokens, against HF batched generate on the same weights. The engine's decode step runs as CUDA
+graphs there by default (`--decode-graphs auto`; `off` for the dynamic step; `--systems engine,engine-dynamic`
+runs both, one after the other); the table is followed by the mode and how many graphs were captured.
 
 With --llama-cpp (CPU), llama.cpp's llama-batched-bench on the embedded model as a BF16 GGUF and the engine on
 the same shape (48 prompts cut to 182 tokens, 32 new, ignore_eos), the engine run before and after it.
@@ -57,7 +59,8 @@ def _model_path(args) -> Path:
 
 
 # -------------------------------------------------------------------------------------------- systems
-def run_engine(args) -> dict:
+def run_engine(args, decode_graphs: str | None = None) -> dict:
+    """``decode_graphs``: auto, on or off (default: the --decode-graphs flag)."""
     from gemma_ops import GemmaEngine, SamplingParams
 
     prompts = gpu_prompts(args.prompts, args.prompt_tokens) if args.device == "cuda" else _cpu_prompts(args)
@@ -68,16 +71,20 @@ def run_engine(args) -> dict:
         max_slots=args.max_slots,
         max_batch_tokens=args.max_batch_tokens,
         max_context=args.max_context,
+        decode_graphs={"auto": None, "on": True, "off": False}[decode_graphs or args.decode_graphs],
     )
     params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=args.device == "cuda")
     engine.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
     _sync(args.device)
     start = time.perf_counter()
-    with cost_split(engine.model, lambda: _sync(args.device)) as split:
+    with cost_split(engine.model, lambda: _sync(args.device), engine.decoder) as split:
         outs = engine.generate(prompts, params)
     _sync(args.device)
     wall = time.perf_counter() - start
+    stats = engine.decoder.stats
     return {
+        "decode": f"{stats.mode}, {stats.graphs_captured} graphs captured ({stats.graphs_held} held), "
+        f"{stats.steps} steps (warm-up included)",
         "output_tokens": sum(len(o.token_ids) for o in outs),
         "prompt_tokens": sum(o.prompt_tokens for o in outs),
         "wall_s": wall,
@@ -95,7 +102,7 @@ def run_llama_shape(args) -> dict:
     prompts = llama_shape_prompts(engine.tokenizer, LLAMA_SHAPE[0], LLAMA_SHAPE[1])
     engine.generate(prompts[:2], SamplingParams(max_new_tokens=2))  # warm-up
     start = time.perf_counter()
-    with cost_split(engine.model) as split:
+    with cost_split(engine.model, decoder=engine.decoder) as split:
         outs = engine.generate(prompts, SamplingParams(max_new_tokens=LLAMA_SHAPE[2], ignore_eos=True))
     wall = time.perf_counter() - start
     tokens = [list(o.token_ids) for o in outs]
@@ -205,6 +212,7 @@ def _sync(device: str) -> None:
 
 SYSTEMS = {
     "engine": run_engine,
+    "engine-dynamic": lambda args: run_engine(args, "off"),  # the dynamic decode step, for an A/B with graphs
     "hf-single": lambda args: run_hf(args, 1),
     "hf-batched": lambda args: run_hf(args, args.hf_batch),
     "score": run_scoring,
@@ -249,6 +257,13 @@ def main() -> None:
     parser.add_argument("--max-slots", type=int, default=None, help="engine slots; default 64 (cpu) / 256 (cuda)")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="default 4096 (cpu) / 16384 (cuda)")
     parser.add_argument("--max-context", type=int, default=1024)
+    parser.add_argument(
+        "--decode-graphs",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="engine decode step: auto = CUDA graphs "
+        "on cuda, dynamic on cpu; on = static shapes (captured on cuda, eager on cpu); off = dynamic",
+    )
     parser.add_argument("--score-prompts", type=int, default=200)
     parser.add_argument("--scratch", default="/tmp/gemma-bench")
     parser.add_argument(
@@ -284,12 +299,12 @@ def main() -> None:
         results[name] = result
     gen = {k: v for k, v in results.items() if k not in ("score", "llama-shape", "llama-cpp")}
     if gen:
-        print(f"\n{'system':<12} {'out tokens':>10} {'wall s':>8} {'tok/s':>8} {'engine x':>9} {'peak MB':>8}")
+        print(f"\n{'system':<14} {'out tokens':>10} {'wall s':>8} {'tok/s':>8} {'engine x':>9} {'peak MB':>8}")
         engine_rate = gen["engine"]["output_tokens"] / gen["engine"]["wall_s"] if "engine" in gen else None
         for name, r in gen.items():
             rate = r["output_tokens"] / r["wall_s"]
             ratio = f"{engine_rate / rate:9.2f}" if engine_rate else f"{'-':>9}"
-            print(f"{name:<12} {r['output_tokens']:>10} {r['wall_s']:>8.1f} {rate:>8.1f} {ratio} {r['peak_mb']:>8.0f}")
+            print(f"{name:<14} {r['output_tokens']:>10} {r['wall_s']:>8.1f} {rate:>8.1f} {ratio} {r['peak_mb']:>8.0f}")
         if "engine" in gen and "hf-single" in gen:
             same = sum(a == b for a, b in zip(gen["engine"]["tokens"], gen["hf-single"]["tokens"], strict=True))
             print(
@@ -297,6 +312,7 @@ def main() -> None:
             )
         if "engine" in gen:
             print(f"engine generation cost split: {describe(gen['engine']['split'])}")
+            print(f"engine decode step: {gen['engine']['decode']}")
         if gpu and engine_rate:
             share = engine_rate / H100_BOUND_TOKENS_PER_S
             print(f"engine at {share:.1%} of the H100 bound ({H100_BOUND_TOKENS_PER_S} tok/s)")

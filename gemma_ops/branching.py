@@ -96,9 +96,9 @@ class Brancher:
             Segment(
                 start,
                 n,
-                branch=torch.tensor(packed.branches[start : start + n], device=device),
+                branch=torch.tensor(packed.branches[start : start + n]),  # host: read when the plan is built
                 prefix=prefix,
-                parent=torch.tensor(packed.parents[start : start + n], device=device) if packed.parents else None,
+                parent=torch.tensor(packed.parents[start : start + n]) if packed.parents else None,
             )
             for start, n in packed.segments
         ]

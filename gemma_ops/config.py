@@ -176,7 +176,7 @@ def _rope_configs(family: str, raw: dict[str, Any]) -> dict[str, RopeConfig]:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Capacity knobs. max_context bounds prompt + generated tokens of one request."""
+    """Capacity and speed knobs. max_context bounds prompt + generated tokens of one request."""
 
     max_slots: int = 64  # requests decoding at once (KV-cache slots)
     max_batch_tokens: int = 4096  # prompt tokens prefilled in one step (a longer single prompt runs alone)
@@ -185,6 +185,7 @@ class EngineConfig:
     # CPU speed (None: on where oneDNN runs bfloat16 natively and the model is bfloat16 on the CPU):
     prepack_weights: bool | None = None  # linear weights laid out for oneDNN once (gemma_ops.prepack)
     compile_kernels: bool | None = None  # elementwise work fused by torch.compile (gemma_ops.fused)
+    decode_graphs: bool | None = None  # static-shape decode step: None = on CUDA only (as CUDA graphs)
 
     def __post_init__(self) -> None:
         for name in ("max_slots", "max_batch_tokens", "max_context"):

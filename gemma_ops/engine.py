@@ -22,6 +22,7 @@ from gemma_ops.adapters.lora import load_lora
 from gemma_ops.branching import Branch, Brancher, Tree
 from gemma_ops.config import EngineConfig
 from gemma_ops.constraints import Constraints
+from gemma_ops.decode_graphs import DecodeStep, decode_mode
 from gemma_ops.device import KVCacheAllocator, resolve_device, resolve_dtype
 from gemma_ops.engine_loop import EngineLoop, LoopParts, RequestSpec
 from gemma_ops.features import FeatureReader, FeatureResult
@@ -76,6 +77,7 @@ class GemmaEngine:
         self._scorer = Scorer(model, config.max_batch_tokens, config.max_cached_prefixes)
         self._brancher = Brancher(model, config.max_batch_tokens)
         self._features = FeatureReader(model, config.max_batch_tokens, config.max_cached_prefixes)
+        self.decoder = DecodeStep(model, decode_mode(config.decode_graphs, self.device))
         self._prefill_tokens = 0
         self._loop: EngineLoop | None = None
         self._prompts = PromptCheck(tokenizer, model.config.vocab_size, self.max_context)
@@ -104,17 +106,19 @@ class GemmaEngine:
         adapter: str | Path | None = None,
         prepack_weights: bool | None = None,
         compile_kernels: bool | None = None,
+        decode_graphs: bool | None = None,
     ) -> GemmaEngine:
         """Load a local HF-format Gemma checkpoint folder (see checkpoints.resolve_model for other sources).
         ``adapter``: a local LoRA folder in PEFT's format, checked and merged into the weights
-        (gemma_ops.adapters.lora). ``prepack_weights``, ``compile_kernels``: see EngineConfig."""
+        (gemma_ops.adapters.lora). ``prepack_weights``, ``compile_kernels``, ``decode_graphs``: see EngineConfig."""
         path = Path(path)
         device = resolve_device(device)
         model = load_model(path, device, resolve_dtype(dtype, device))
         if adapter is not None:
             load_lora(model, Path(adapter), path, path.name)
         config = EngineConfig(max_slots=max_slots, max_batch_tokens=max_batch_tokens, max_context=max_context,
-                              prepack_weights=prepack_weights, compile_kernels=compile_kernels)  # fmt: skip
+                              prepack_weights=prepack_weights, compile_kernels=compile_kernels,
+                              decode_graphs=decode_graphs)  # fmt: skip
         tokenizer = GemmaTokenizer.from_pretrained(path)
         return cls(model, tokenizer, config, model_name=path.name, cache_shared_by=cache_shared_by)
 
@@ -209,21 +213,14 @@ class GemmaEngine:
             last_rows.append(start + n - 1)
             start += n
         self._prefill_tokens += len(tokens)
-        hidden = self.model.forward_packed(
-            torch.tensor(tokens, device=self.device),
-            torch.cat(positions).to(self.device),
-            segments,
-            cache,
-        )  # [T, D]
+        ids, where = torch.tensor(tokens, device=self.device), torch.cat(positions).to(self.device)  # [T] each
+        hidden = self.model.forward_packed(ids, where, segments, cache)  # [T, D]
         return self.model.logits(hidden[torch.tensor(last_rows, device=self.device)])  # [k, V]
 
     def _decode(self, requests: Sequence[Request], cache: KVCache) -> torch.Tensor:
-        """One step of the running requests (slots 0..B-1) -> logits [B, V]."""
-        tokens = torch.tensor([r.output[-1] for r in requests], device=self.device)
-        host_positions = [r.last_position for r in requests]
-        positions = torch.tensor(host_positions, device=self.device)
-        hidden = self.model.forward_step(tokens, positions, cache, max(host_positions) + 1)  # [B, D]
-        return self.model.logits(hidden)
+        """One step of the running requests (slots 0..B-1) -> logits [B, V] (gemma_ops.decode_graphs)."""
+        hidden = self.decoder.step([r.output[-1] for r in requests], [r.last_position for r in requests], cache)
+        return self.model.logits(hidden)  # [B, V]
 
     def _postprocess(self, requests: Sequence[Request], logits: torch.Tensor) -> None:
         """logits [B, V] -> one new token per request (within its grammar, if it has one), then its finish

@@ -49,32 +49,34 @@ class KVCache:
     def capacity(self, layer: int) -> int:
         return self.keys[layer].shape[2]
 
-    def write_prompt(self, layer: int, slot: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store a prompt's keys/values k, v [kv_heads, n, head_dim] for positions 0 .. n-1."""
-        n = k.shape[1]
-        window = self.window[layer]
-        if window is None or n <= self.capacity(layer):
-            self.keys[layer][slot, :, :n] = k
-            self.values[layer][slot, :, :n] = v
-            return
-        kept = torch.arange(n - window, n, device=k.device)  # the last `window` positions
-        index = kept % window
-        self.keys[layer][slot, :, index] = k[:, kept]
-        self.values[layer][slot, :, index] = v[:, kept]
-
     def write_packed(
         self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...]
     ) -> None:
         """Store several prompts at once: k, v [S, kv_heads, L, head_dim] right-padded, prompt i's ``lengths[i]``
         positions (0 ..) going to ``slots[i]``. Padding lands past a prompt's end, where each decode step writes
         its position before any step reads it."""
-        if k.shape[2] > self.capacity(layer):  # a ring layer with a prompt past its window: one at a time
-            for i, n in enumerate(lengths):
-                self.write_prompt(layer, int(slots[i]), k[i, :, :n], v[i, :, :n])
+        if k.shape[2] > self.capacity(layer):  # a ring layer and a prompt past its window
+            self._write_ring(layer, slots, k, v, lengths)
             return
         length = k.shape[2]
         self.keys[layer][slots, :, :length] = k
         self.values[layer][slots, :, :length] = v
+
+    def _write_ring(
+        self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...]
+    ) -> None:
+        """write_packed for a ring layer: each prompt's last ``window`` positions p go to ring index p % window,
+        all prompts in one indexed copy (no loop over prompts on the device, no read of ``slots`` on the host)."""
+        window = self.capacity(layer)
+        n = torch.tensor(lengths)  # [S]
+        kept = n.clamp(max=window)  # [S] positions each prompt keeps
+        rows = torch.repeat_interleave(torch.arange(len(lengths)), kept)  # [N] prompt of each kept position
+        first = torch.repeat_interleave(torch.cumsum(kept, 0) - kept, kept)  # [N] where its prompt's run starts
+        positions = (n - kept)[rows] + torch.arange(len(rows)) - first  # [N] its position in the prompt
+        rows, positions = torch.stack((rows, positions)).to(k.device)  # one host-to-device copy
+        index = positions % window
+        self.keys[layer][slots[rows], :, index] = k[rows, :, positions]  # [N, kv_heads, head_dim]
+        self.values[layer][slots[rows], :, index] = v[rows, :, positions]
 
     def write_step(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         """Store one new token per running slot: k, v [B, kv_heads, head_dim] at positions [B] (slots 0..B-1)."""

@@ -234,7 +234,7 @@ class Scorer:
             Segment(
                 start=start,
                 length=n,
-                branch=torch.tensor(packed.branches[start : start + n], device=device),
+                branch=torch.tensor(packed.branches[start : start + n]),  # host: read when the plan is built
                 prefix=prefix,
             )
             for start, n in packed.segments
