@@ -3,7 +3,6 @@ output, on tiny random checkpoints in float32. The CPU runs it eagerly; the CUDA
 
 from __future__ import annotations
 
-import threading
 import weakref
 
 import pytest
@@ -23,7 +22,7 @@ from gemma_ops.decode_graphs import (
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.model import Segment
 from gemma_ops.weights import load_model
-from tests.gemma_ops.test_serving import _calls, _outcome
+from tests.gemma_ops.test_serving import _calls, _outcome, concurrently
 from tests.tiny_models import FAMILIES, WINDOW
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -181,18 +180,7 @@ def test_a_serving_engine_with_the_static_step_answers_as_the_dynamic_engine(tin
         path, device="cpu", dtype="float32", max_slots=3, max_context=96, decode_graphs=True
     )
     serving.serve()
-    got: list = [None, None]
-    start = threading.Barrier(2)
-
-    def run(i, call):
-        start.wait()
-        got[i] = _outcome(call())
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(_calls(serving)[:2])]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    got = concurrently(_calls(serving)[:2])
     serving.close()
     assert got == expected
     assert serving.decoder.stats.mode == STATIC and serving.decoder.stats.steps > 0

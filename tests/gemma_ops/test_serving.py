@@ -32,6 +32,23 @@ def _calls(engine: GemmaEngine) -> list:
     ]
 
 
+def concurrently(calls: list) -> list:
+    """Each call's outcome, the calls started together on threads of their own."""
+    got: list = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def run(i, call):
+        start.wait()
+        got[i] = _outcome(call())
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return got
+
+
 def _outcome(results) -> list:
     """What must match: tokens, texts and finish reasons; scores (float32) to 1e-5."""
     out = []
@@ -52,18 +69,7 @@ def test_concurrent_calls_on_a_serving_engine_answer_as_sequential_calls_do(tiny
     serving = _engine(tiny_checkpoints[family])
     serving.serve()
     assert serving.concurrent_calls
-    got: list = [None] * 4
-    start = threading.Barrier(4)
-
-    def run(i, call):
-        start.wait()
-        got[i] = _outcome(call())
-
-    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(_calls(serving))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    got = concurrently(_calls(serving))
     serving.close()
     assert got == expected
     assert got[1][1][3] == "empty prompt: nothing to condition on"
