@@ -58,59 +58,45 @@ DESCRIPTION = (
 
 
 def parse_args(argv: Sequence[str] | None) -> TuneConfig:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tune", description=DESCRIPTION)
+    # a flag left out keeps TuneConfig's default (argparse then sets no attribute): each default is written once
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.tune", description=DESCRIPTION, argument_default=argparse.SUPPRESS
+    )
     add = parser.add_argument
     add("--input", required=True, help="Labelled JSONL, local or gs://.")
     add("--output", required=True, help="Adapter folder (with --method head,lora: one subfolder per method).")
-    add("--text_field", default="text")
-    add("--label_field", default="label")
-    add("--labels", default="", help="The classify task's labels, a,b,c (or --task_file).")
+    add("--text_field")
+    add("--label_field")
+    add("--labels", help="The classify task's labels, a,b,c (or --task_file).")
     add("--task_file", help="A task file (local or gs://) holding the classify task to specialize.")
     add("--task", help="The task's name in --task_file (needed when it holds several).")
-    add("--method", default="head", help="head, lora, or head,lora.")
-    add("--model", default="embedded")
-    add("--dtype", default="bfloat16", help="The engine's dtype for features and measurement (LoRA trains in float32).")
-    add("--seed", type=int, default=0)
-    add("--train_examples", type=int, default=0, help="Use N examples of --input, balanced over labels (0: all).")
-    add("--holdout", type=float, default=0.25, help="Fraction of each label held out for measurement.")
-    add("--folds", type=int, default=5, help="k for k-fold cross-validation (small inputs).")
+    add("--method", help="head, lora, or head,lora.")
+    add("--model")
+    add("--dtype", help="The engine's dtype for features and measurement (LoRA trains in float32).")
+    add("--seed", type=int)
+    add("--train_examples", type=int, help="Use N examples of --input, balanced over labels (0: all).")
+    add("--holdout", type=float, help="Fraction of each label held out for measurement.")
+    add("--folds", type=int, help="k for k-fold cross-validation (small inputs).")
     add("--eval_input", help="Measure on this labelled JSONL instead of holding out part of --input.")
-    add("--eval_limit", type=int, default=0, help="Use N examples of --eval_input, balanced (0: all).")
-    add("--prompt_examples", type=int, default=5, help="Examples per label for the examples-in-prompt line.")
-    add("--head_l2", default="0.0001,0.001,0.01,0.1,1", help="L2 strengths the head's cross-validation tries.")
-    add("--lora_rank", type=int, default=8)
-    add("--lora_alpha", type=float, default=16.0)
-    add("--lora_targets", default=",".join(TuneConfig.lora_targets))
-    add("--lora_epochs", type=int, default=3)
-    add("--lora_learning_rate", type=float, default=3e-4)
-    add("--lora_batch_size", type=int, default=8)
-    args = parser.parse_args(argv)
-    return TuneConfig(
-        input=args.input,
-        output=args.output,
-        text_field=args.text_field,
-        label_field=args.label_field,
-        labels=parse_labels(args.labels) if args.labels else (),
-        task_file=args.task_file,
-        task=args.task,
-        methods=_listed(args.method),
-        model=args.model,
-        dtype=args.dtype,
-        seed=args.seed,
-        train_examples=args.train_examples,
-        holdout=args.holdout,
-        folds=args.folds,
-        eval_input=args.eval_input,
-        eval_limit=args.eval_limit,
-        prompt_examples=args.prompt_examples,
-        head_l2=tuple(float(x) for x in _listed(args.head_l2)),
-        lora_rank=args.lora_rank,
-        lora_alpha=args.lora_alpha,
-        lora_targets=_listed(args.lora_targets),
-        lora_epochs=args.lora_epochs,
-        lora_learning_rate=args.lora_learning_rate,
-        lora_batch_size=args.lora_batch_size,
-    )
+    add("--eval_limit", type=int, help="Use N examples of --eval_input, balanced (0: all).")
+    add("--prompt_examples", type=int, help="Examples per label for the examples-in-prompt line.")
+    add("--head_l2", help="L2 strengths the head's cross-validation tries.")
+    add("--lora_rank", type=int)
+    add("--lora_alpha", type=float)
+    add("--lora_targets", help="Comma-separated module names LoRA adapts (default: every projection).")
+    add("--lora_epochs", type=int)
+    add("--lora_learning_rate", type=float)
+    add("--lora_batch_size", type=int)
+    values = vars(parser.parse_args(argv))
+    if "labels" in values:
+        values["labels"] = parse_labels(values["labels"]) if values["labels"] else ()
+    if "method" in values:
+        values["methods"] = _listed(values.pop("method"))
+    if "head_l2" in values:
+        values["head_l2"] = tuple(float(x) for x in _listed(values["head_l2"]))
+    if "lora_targets" in values:
+        values["lora_targets"] = _listed(values["lora_targets"])
+    return TuneConfig(**values)
 
 
 def _listed(text: str) -> tuple[str, ...]:

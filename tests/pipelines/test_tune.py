@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from common.errors import UserInputError
 from gemma_ops.adapters import model_hash
 from pipelines.tune import TuneConfig, run
+from pipelines.tune_config import parse_args
 from tests.tiny_models import build_tiny_checkpoint
 
 TEXTS = {
@@ -98,3 +99,19 @@ def test_small_sets_are_cross_validated_and_seeds_differ(labelled, checkpoint, t
 def test_labels_outside_the_task_are_refused(labelled, checkpoint, tmp_path):
     with pytest.raises(UserInputError, match=r"labelled\.jsonl:1: label 'sports' .* is not one of world, other"):
         run(_config(labelled, tmp_path / "a", checkpoint, labels=("world", "other")), out=io.StringIO())
+
+
+def test_flags_left_out_keep_the_configs_defaults_and_lists_are_parsed():
+    assert parse_args(["--input", "in", "--output", "out", "--labels", "a,b"]) == TuneConfig(
+        "in", "out", labels=("a", "b")
+    )
+    given = parse_args(["--input", "in", "--output", "out", "--task_file", "t.yaml", "--method", "head, lora",
+                        "--head_l2", "0.1,1", "--lora_targets", "q_proj,v_proj", "--seed", "3"])  # fmt: skip
+    assert (given.methods, given.head_l2, given.lora_targets, given.seed) == (
+        ("head", "lora"),
+        (0.1, 1.0),
+        ("q_proj", "v_proj"),
+        3,
+    )
+    with pytest.raises(UserInputError, match="--method"):
+        parse_args(["--input", "in", "--output", "out", "--labels", "a,b", "--method", "lora,svm"])
