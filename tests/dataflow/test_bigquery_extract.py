@@ -14,6 +14,7 @@ from common.records import Record
 from inference.requests import Answer, RecordResponse
 from pipelines import bigquery as bq
 from tests.dataflow.conftest import PROJECT
+from tests.dataflow.test_bigquery_emulator import legacy
 from transforms.registry import build_task_set
 from transforms.taskfile import parse_task_file
 
@@ -63,8 +64,7 @@ def test_extract_columns_load_into_bigquery_with_their_types(emulators, undecora
         _ = valid | bq.LoadPartition(f"{PROJECT}:extract.tickets", schema, RUN_DATE, emulators.temp_location)
 
     table = client.get_table(f"{PROJECT}.extract.tickets")
-    legacy = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN", "STRUCT": "RECORD"}
-    columns = {f.name: (legacy.get(f.field_type, f.field_type), f.mode) for f in table.schema}
+    columns = {f.name: (legacy(f.field_type), f.mode) for f in table.schema}
     assert {k: v for k, v in columns.items() if k.startswith("ticket_")} == {
         "ticket_product": ("STRING", "REQUIRED"),
         "ticket_issue": ("STRING", "REQUIRED"),
@@ -75,7 +75,7 @@ def test_extract_columns_load_into_bigquery_with_their_types(emulators, undecora
         "ticket_customer": ("RECORD", "NULLABLE"),
     }
     customer = next(f for f in table.schema if f.name == "ticket_customer")
-    assert [(f.name, legacy.get(f.field_type, f.field_type), f.mode) for f in customer.fields] == [
+    assert [(f.name, legacy(f.field_type), f.mode) for f in customer.fields] == [
         ("name", "STRING", "REQUIRED"),
         ("vip", "BOOLEAN", "NULLABLE"),
     ]

@@ -7,21 +7,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from inference.handler import GemmaModelHandler
 from inference.settings import ModelSettings
 from pipelines.options import JobConfig
-from pipelines.pipeline import build_pipeline
+from tests.reliability.jobs import run_job
 from transforms.json_schema import check_value, normalize
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
-RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 pytestmark = pytest.mark.embedded
 
 
@@ -43,9 +40,7 @@ def run(tmp_path: Path, max_new_tokens: int, records: int = 4) -> Path:
         model_copies=0,
         max_error_rate=1.0,
     )
-    pipeline = beam.Pipeline(runner=RUNNER, options=PipelineOptions())
-    build_pipeline(pipeline, config, handler=GemmaModelHandler(ModelSettings.of(config)), progress=False)
-    pipeline.run().wait_until_finish()
+    run_job(config, GemmaModelHandler(ModelSettings.of(config)))
     return tmp_path / "out"
 
 

@@ -5,23 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from inference.handler import GemmaModelHandler, build_engine
 from inference.prompts import PromptEncoder
 from inference.settings import ModelSettings
 from pipelines.io import RecordSpec
 from pipelines.options import JobConfig
-from pipelines.pipeline import build_pipeline
 from pipelines.plan import read_sample
+from tests.reliability.jobs import run_job
 from transforms.registry import make_task_set
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample.jsonl"
-RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 pytestmark = pytest.mark.embedded
 TASKS = """
 tasks:
@@ -76,9 +73,7 @@ def test_two_tasks_one_row_and_one_read_of_each_record(tmp_path):
     )
     handler = GemmaModelHandler(ModelSettings.of(config), engine_factory=recording_factory)
     ENGINES.clear()
-    pipeline = beam.Pipeline(runner=RUNNER, options=PipelineOptions())
-    build_pipeline(pipeline, config, handler=handler, progress=False)
-    pipeline.run().wait_until_finish()
+    run_job(config, handler)
 
     table = pq.read_table(str(tmp_path / "out" / "results-00000-of-00001.parquet"))
     assert table.num_rows == 24

@@ -1,4 +1,4 @@
-"""Running the whole pipeline in a test with a fake engine, and reading back what it wrote."""
+"""Running the whole pipeline in a test (a fake engine by default, or any handler), and reading back what it wrote."""
 
 from __future__ import annotations
 
