@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from common.errors import UserInputError
-from common.files import read_bytes
+from common.files import read_jsonl
 from transforms.classify import ClassifyTask
 from transforms.task import TaskSet
 
@@ -32,21 +32,9 @@ class Labelled:
 
 def read_labelled(path: str, text_field: str, label_field: str, labels: Sequence[str]) -> list[Labelled]:
     """Every line of a JSONL file as an example; UserInputError names the line and the field that is wrong."""
-    try:
-        lines = read_bytes(path).decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserInputError(f"--input {path}: cannot read it ({err})") from err
     examples = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserInputError(f"{path}:{number}: not a JSON object ({err})") from err
-        text, label = row.get(text_field) if isinstance(row, dict) else None, None
-        if isinstance(row, dict):
-            label = row.get(label_field)
+    for number, row in read_jsonl(path):
+        text, label = (row.get(text_field), row.get(label_field)) if isinstance(row, dict) else (None, None)
         if not isinstance(text, str) or not text.strip():
             raise UserInputError(f"{path}:{number}: no text in field {text_field!r} (set --text_field)")
         if label not in labels:

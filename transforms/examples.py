@@ -10,11 +10,14 @@ head, so they are read once per job and computed once per model copy.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import UserInputError
+from common.files import read_jsonl
 from transforms.taskfile import Key, TaskFileError, check_keys
 
 FILE_KEYS = {
@@ -84,22 +87,14 @@ def load_examples(
     check_keys(spec, FILE_KEYS, place, "an examples file")
     path, text_field = spec["path"], spec.get("text_field", "text")
     label_field, limit = spec.get("label_field", answer_field), spec.get("limit", MAX_EXAMPLES)
-    try:
-        lines = read(path).decode("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise TaskFileError(f"{place}: cannot read the examples file {path} ({err}); check the path") from err
-    found = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskFileError(f"{place}: {path} line {n} is not JSON: {err}") from err
-        found.append(_as_example(item, text_field, label_field, multi, f"{place}: {path} line {n}", structured))
-        if len(found) == limit:
-            break
-    return _bounded(tuple(found), place)
+    try:  # the first ``limit`` lines only: _bounded refuses more than MAX_EXAMPLES
+        rows = list(itertools.islice(read_jsonl(path, read), limit))
+    except UserInputError as err:
+        raise TaskFileError(f"{place}: {err}; check the examples file") from err
+    found = tuple(
+        _as_example(item, text_field, label_field, multi, f"{place}: {path} line {n}", structured) for n, item in rows
+    )
+    return _bounded(found, place)
 
 
 def _bounded(found: tuple[Example, ...], place: str) -> tuple[Example, ...]:

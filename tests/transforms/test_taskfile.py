@@ -149,7 +149,7 @@ def test_a_broken_task_file_says_where_and_what_to_write(text, message):
 def test_an_unreadable_examples_file_is_named(tmp_path):
     missing = tmp_path / "nope.jsonl"
     message = error_of(classify(f"    examples: {missing}\n"))
-    assert message.startswith(f"t.yaml: task 'topic': key 'examples': cannot read the examples file {missing} (")
+    assert message.startswith(f"t.yaml: task 'topic': key 'examples': cannot read {missing} (")
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": "billing"}\nnot json\n')
     message = error_of(classify(f"    examples: {{path: {tmp_path / 'bad.jsonl'}}}\n"))
     assert message.startswith(f"t.yaml: task 'topic': key 'examples': {tmp_path / 'bad.jsonl'} line 2 is not JSON:")
