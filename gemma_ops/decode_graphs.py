@@ -109,7 +109,6 @@ class DecodeStep:
         self._pool: tuple[int, int] | None = None
         self._inputs = torch.empty(0)  # [2, max_slots] long: tokens, positions
         self._hidden = torch.empty(0)  # [max_slots, D]
-        self._scale = torch.empty(0)  # sqrt(D) in the model's dtype, as GemmaModel._embed rounds it
 
     @property
     def stats(self) -> DecodeStats:
@@ -150,20 +149,13 @@ class DecodeStep:
         self._pool = torch.cuda.graph_pool_handle() if self.mode == CUDA_GRAPHS else None
         self._inputs = torch.zeros(2, cache.max_slots, dtype=torch.long, device=device)
         self._hidden = torch.zeros(cache.max_slots, self.model.config.hidden_size, dtype=dtype, device=device)
-        self._scale = torch.tensor(self.model.config.hidden_size**0.5, dtype=dtype, device=device)
         self._cache = weakref.ref(cache)
 
     def _run(self, batch: int, keys: int, cache: KVCache) -> None:
-        """The static step on the buffers' first ``batch`` rows: what a graph captures. Same arithmetic as
-        GemmaModel.forward_step, with ``keys`` fixed instead of max(positions) + 1."""
+        """The static step on the buffers' first ``batch`` rows: what a graph captures. GemmaModel.forward_step
+        with ``keys`` fixed instead of max(positions) + 1."""
         tokens, positions = self._inputs[0, :batch], self._inputs[1, :batch]  # [b] each
-        h = self.model.embed(tokens) * self._scale  # [b, D]
-        rope = self.model.rope.at(positions, h.dtype)
-        key_index = torch.arange(keys, device=h.device)  # [L]
-        valid = (key_index[None, :] <= positions[:, None])[:, None, None, :]  # [b, 1, 1, L]
-        for layer in self.model.layers:
-            h = layer.forward_step(h, positions, rope, cache, valid)
-        self._hidden[:batch].copy_(h)
+        self._hidden[:batch].copy_(self.model.forward_step(tokens, positions, cache, keys))  # [b, D]
 
     def _capture(self, batch: int, keys: int, cache: KVCache) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream, then capture the step. The warm-up runs write this step's keys and values

@@ -41,13 +41,16 @@ class GemmaModel(nn.Module):
         self.lm_head = (
             None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
-        self.rope: Rope | None = None
+        self.rope: Rope | None = None  # init_rope sets it and the embedding scale
         self.kernels = Kernels.eager()
         self._packed_output: torch.Tensor | None = None  # [V, D] in oneDNN's layout (prepack)
 
     def init_rope(self, max_positions: int) -> None:
-        """Build the RoPE tables (not weights, so not in the checkpoint) on the model's device."""
-        self.rope = Rope(self.config, max_positions, self.embed.weight.device)
+        """Build the RoPE tables and the embedding scale (not weights, so not in the checkpoint) on the model's
+        device, once: a forward pass then makes no tensor from host data (a CUDA graph captures it as it is)."""
+        weight = self.embed.weight
+        self.rope = Rope(self.config, max_positions, weight.device)
+        self._embed_scale = torch.tensor(self.config.hidden_size**0.5, dtype=weight.dtype, device=weight.device)
 
     def speed_up(self, prepack: bool | None, compile_kernels: bool | None, rows_hint: int) -> float:
         """Prepack the weights and compile the elementwise kernels as asked (None: where oneDNN runs bfloat16
@@ -79,8 +82,7 @@ class GemmaModel(nn.Module):
         return self.embed.weight if self.lm_head is None else self.lm_head.weight
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
-        return x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype, device=x.device)
+        return self.embed(tokens) * self._embed_scale  # sqrt(D), rounded to the weights' dtype as HF rounds it
 
     @torch.inference_mode()
     def forward_packed(
