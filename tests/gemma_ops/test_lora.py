@@ -63,8 +63,7 @@ def test_engine_from_pretrained_merges_the_adapter(tiny_checkpoints, tmp_path):
     adapted = GemmaEngine.from_pretrained(checkpoint, device="cpu", dtype="float32", adapter=adapter)
     prompt = ["The weather today is"]
     assert plain.score(prompt, [" warm", " cold"])[0].logprobs != adapted.score(prompt, [" warm", " cold"])[0].logprobs
-    expected = _peft_logits(checkpoint, adapter)
-    assert adapted.model is not plain.model and expected.shape[-1] == adapted.model.config.vocab_size
+    torch.testing.assert_close(_our_logits(adapted.model), _peft_logits(checkpoint, adapter), atol=3e-4, rtol=1e-4)
 
 
 def test_adapter_for_another_base_names_the_base_it_needs(tiny_checkpoints, tmp_path):
