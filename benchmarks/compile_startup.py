@@ -11,12 +11,10 @@ machine starts (the default cache is /tmp/torchinductor_<user>; set TORCHINDUCTO
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
+
+from benchmarks.child import report, run_child
 
 
 def child(compile_kernels: bool, threads: int) -> dict[str, float]:
@@ -35,14 +33,9 @@ def child(compile_kernels: bool, threads: int) -> dict[str, float]:
 
 
 def _spawn(compile_kernels: bool, threads: int, cache_dir: str) -> dict[str, float]:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir, "TOKENIZERS_PARALLELISM": "false"}
     mode = "compile" if compile_kernels else "eager"
-    cmd = [sys.executable, "-m", "benchmarks.compile_startup", "--child", mode, "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"start-up run failed:\n{proc.stderr[-3000:]}")
+    args = ["--child", mode, "--threads", str(threads)]
+    return run_child("benchmarks.compile_startup", args, {"TORCHINDUCTOR_CACHE_DIR": cache_dir})
 
 
 def main() -> None:
@@ -51,7 +44,7 @@ def main() -> None:
     parser.add_argument("--child", choices=["compile", "eager"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child == "compile", args.threads)))
+        report(child(args.child == "compile", args.threads))
         return
     print(f"engine start-up, embedded Gemma 3 270M, bfloat16, {args.threads} threads")
     with tempfile.TemporaryDirectory() as cache_dir:

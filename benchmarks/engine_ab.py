@@ -16,7 +16,6 @@ tokens, 32 new, ignore_eos); ``score`` 200 short sentiment prompts scored over t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -27,6 +26,8 @@ import tempfile
 import time
 from io import BytesIO
 from pathlib import Path
+
+from benchmarks.child import report, run_child
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = [" positive", " negative", " neutral"]
@@ -82,13 +83,8 @@ def run_workloads(names: list[str], threads: int) -> dict[str, dict[str, float]]
 
 
 def _spawn(path_first: Path, names: list[str], threads: int) -> dict[str, dict[str, float]]:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "ENGINE_AB_FIRST": str(path_first)}
-    cmd = [sys.executable, "-m", "benchmarks.engine_ab", "--child", ",".join(names), "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"run failed:\n{proc.stderr[-3000:]}")
+    args = ["--child", ",".join(names), "--threads", str(threads)]
+    return run_child("benchmarks.engine_ab", args, {"ENGINE_AB_FIRST": str(path_first)}, cwd=REPO)
 
 
 def main() -> None:
@@ -106,7 +102,7 @@ def main() -> None:
         import gemma_ops
 
         print(f"gemma_ops from {gemma_ops.__file__}", file=sys.stderr)
-        print("RESULT " + json.dumps(run_workloads(args.child.split(","), args.threads)))
+        report(run_workloads(args.child.split(","), args.threads))
         return
     print(f"A = {args.before}, B = working tree; {args.rounds} rounds of A then B; threads={args.threads}")
     ratios: dict[str, list[float]] = {name: [] for name in names}

@@ -20,14 +20,12 @@ the same shape (48 prompts cut to 182 tokens, 32 new, ignore_eos), the engine ru
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.child import report, run_child
 from benchmarks.cost_split import cost_split, describe
 from benchmarks.workload import gpu_prompts, random_gemma2b_checkpoint
 
@@ -228,7 +226,7 @@ def _child(args) -> None:
     torch.set_num_threads(args.threads)
     result = SYSTEMS[args.child](args)
     result["peak_mb"] = _peak_memory_mb(args.device)
-    print("RESULT " + json.dumps(result))
+    report(result)
 
 
 def _rate(result: dict) -> float:
@@ -236,12 +234,7 @@ def _rate(result: dict) -> float:
 
 
 def _spawn(system: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.engine_throughput", *argv, "--child", system]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"{system} failed:\n{proc.stderr[-3000:]}")
+    return run_child("benchmarks.engine_throughput", [*argv, "--child", system])
 
 
 def main() -> None:

@@ -51,11 +51,9 @@ PIECES = [
     ("gemma_ops.layers", "Attention.forward_step", "attention glue (decode)"),
     ("gemma_ops.layers", "Attention._project", "qkv split + qk-norm"),
     ("gemma_ops.layers", "Attention._attend", "attention core"),
-    ("gemma_ops.layers", "Attention._segment_mask", "attention masks"),
     ("gemma_ops.layers", "Rope.at", "rope"),
     ("gemma_ops.attention", "PackedPlan.build", "attention masks"),
     ("gemma_ops.attention", "PackedPlan.key_source", "attention glue (packed)"),
-    ("gemma_ops.kv_cache", "KVCache.write_prompt", "kv cache"),
     ("gemma_ops.kv_cache", "KVCache.write_packed", "kv cache"),
     ("gemma_ops.kv_cache", "KVCache.write_step", "kv cache"),
     ("gemma_ops.kv_cache", "KVCache.view", "kv cache"),
@@ -68,17 +66,15 @@ PIECES = [
 ]
 
 
-def _resolve(module: str, path: str) -> tuple[Any, str] | None:
-    try:
-        owner: Any = importlib.import_module(module)
-    except ImportError:
-        return None
+def _resolve(module: str, path: str) -> tuple[Any, str]:
+    """The owner of a PIECES entry and its attribute name; a renamed function fails here instead of losing its label."""
+    owner: Any = importlib.import_module(module)
     *parents, name = path.split(".")
     for part in parents:
-        owner = getattr(owner, part, None)
-        if owner is None:
-            return None
-    return (owner, name) if hasattr(owner, name) else None
+        owner = getattr(owner, part)
+    if not hasattr(owner, name):
+        raise AttributeError(f"op_profile.PIECES names {module}.{path}, which does not exist; update the list")
+    return owner, name
 
 
 @contextmanager
@@ -86,10 +82,7 @@ def labelled() -> Iterator[None]:
     """Wrap every piece in PIECES in a record_function range; restore the originals afterwards."""
     saved: list[tuple[Any, str, Any]] = []
     for module, path, label in PIECES:
-        found = _resolve(module, path)
-        if found is None:
-            continue
-        owner, name = found
+        owner, name = _resolve(module, path)
         original = owner.__dict__.get(name, getattr(owner, name))
         static = isinstance(original, staticmethod)
         function = original.__func__ if static else original

@@ -159,15 +159,11 @@ class GemmaEngine:
         per_request = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         if len(per_request) != len(prompts):
             raise ValueError(f"{len(per_request)} SamplingParams for {len(prompts)} prompts")
+        fitting, refused = self._prompts.split(prompts, room=1)
         results: list[Completion | None] = [None] * len(prompts)
-        specs: list[RequestSpec] = []
-        for index, (prompt, ids, p) in enumerate(zip(prompts, self._prompts.ids(prompts), per_request, strict=True)):
-            error = self._prompts.error(prompt, ids, room=1)
-            if error is not None:
-                results[index] = Completion("", (), "error", len(ids), error)
-            else:
-                specs.append(RequestSpec(index, ids, p))
-        self._generate(specs, results)
+        for index, tokens, error in refused:
+            results[index] = Completion("", (), "error", tokens, error)
+        self._generate([RequestSpec(index, ids, per_request[index]) for index, ids in fitting], results)
         return [r for r in results if r is not None]
 
     def _request(self, spec: RequestSpec) -> Request:
@@ -268,14 +264,10 @@ class GemmaEngine:
             raise ValueError(f"candidates tokenize to nothing: {empty}")
         room = max(len(ids) for ids in cand_ids) - 1  # the last candidate token is predicted, never fed
         prefix_ids = tuple(int(t) for t in shared_prefix) if shared_prefix else ()
+        fitting, refused = self._prompts.split(prompts, room=room)
         results: list[ScoreResult | None] = [None] * len(prompts)
-        fitting: list[tuple[int, list[int]]] = []
-        for index, (prompt, ids) in enumerate(zip(prompts, self._prompts.ids(prompts), strict=True)):
-            error = self._prompts.error(prompt, ids, room=room)
-            if error is not None:
-                results[index] = ScoreResult((), len(ids), error)
-            else:
-                fitting.append((index, ids))
+        for index, tokens, error in refused:
+            results[index] = ScoreResult((), tokens, error)
         rows = self._exclusive(
             lambda: self._scorer.score(fitting, cand_ids, restrict_vocab=restrict_vocab, shared_prefix=prefix_ids)
         )
@@ -333,14 +325,10 @@ class GemmaEngine:
         if isinstance(prompts, str):
             raise TypeError("features takes a list of prompts; wrap a single prompt in a list")
         prefix_ids = tuple(int(t) for t in shared_prefix) if shared_prefix else ()
+        fitting, refused = self._prompts.split(prompts, room=0)
         results: list[FeatureResult | None] = [None] * len(prompts)
-        fitting: list[tuple[int, list[int]]] = []
-        for index, (prompt, ids) in enumerate(zip(prompts, self._prompts.ids(prompts), strict=True)):
-            error = self._prompts.error(prompt, ids, room=0)
-            if error is not None:
-                results[index] = FeatureResult(None, len(ids), error)
-            else:
-                fitting.append((index, ids))
+        for index, tokens, error in refused:
+            results[index] = FeatureResult(None, tokens, error)
         vectors = self._exclusive(lambda: self._features.read(fitting, pooling, prefix_ids))
         for index, ids in fitting:
             results[index] = FeatureResult(vectors[index], len(ids))

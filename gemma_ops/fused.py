@@ -6,7 +6,7 @@ back, a multiply, ...); on a 2-core CPU those passes cost about a fifth of a bfl
 function into one loop. ``emulate_precision_casts`` makes the fused code round every intermediate to the
 activation dtype where eager rounds it, so compiled and eager outputs agree to the last bit or nearly.
 
-``Kernels.compiled()`` compiles lazily (dynamic shapes, one graph per function); ``warm_up`` compiles for row
+``Kernels(compiled=True)`` compiles lazily (dynamic shapes, one graph per function); ``warm_up`` compiles for row
 counts 1 and 2+ up front so that no request waits for it, and reports the seconds. Inductor's FX graph cache
 (``TORCHINDUCTOR_CACHE_DIR``, by default /tmp/torchinductor_<user>) keeps the kernels on disk, so later processes
 start warm. If compilation fails, the kernels fall back to eager with one warning and the engine keeps working.
@@ -80,7 +80,6 @@ def qk_norm_rope(
 
 
 # ------------------------------------------------------------------------------------------------- the kernels
-_NAMES = ("rms_norm", "add_norm", "gelu_mul", "qk_norm_rope")
 _EAGER: dict[str, Callable] = {
     "rms_norm": rms_norm,
     "add_norm": add_norm,
@@ -97,9 +96,7 @@ class Kernels:
         self.failure: str | None = None
         if compiled:
             options = {"emulate_precision_casts": True}
-            self._fns = {name: torch.compile(_EAGER[name], dynamic=True, options=options) for name in _NAMES}
-        else:
-            self._fns = dict(_EAGER)
+            self._fns = {name: torch.compile(fn, dynamic=True, options=options) for name, fn in _EAGER.items()}
 
     @classmethod
     def eager(cls) -> Kernels:
@@ -120,7 +117,6 @@ class Kernels:
         warnings.warn(f"torch.compile of the fused decoder kernels failed ({first_line}); running eager", stacklevel=3)
         self.failure = first_line
         self.compiled = False
-        self._fns = dict(_EAGER)
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return self._call("rms_norm", x, weight, eps)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gemma_ops import fused
 from gemma_ops.attention import PackedPlan
 from gemma_ops.config import FULL, SLIDING, GemmaConfig
 from gemma_ops.fused import Kernels
@@ -27,8 +28,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = 1.0 + self.weight.float()
-        return F.rms_norm(x.float(), scale.shape, scale, self.eps).type_as(x)
+        return fused.rms_norm(x, self.weight, self.eps)
 
 
 RopeAt = dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer type -> cos, signed sin [N, 1, Dh] for N positions
@@ -77,7 +77,6 @@ class Attention(nn.Module):
         self.softcap = config.attn_logit_softcapping
         self.eps = config.rms_norm_eps
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        self.qk_size = q_size + kv_size
         self.qkv_proj = nn.Linear(config.hidden_size, q_size + 2 * kv_size, bias=False)
         self.o_proj = nn.Linear(q_size, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None

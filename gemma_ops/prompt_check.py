@@ -29,6 +29,19 @@ class PromptCheck:
                 ids[i] = tokens
         return ids
 
+    def split(
+        self, prompts: Sequence[Prompt], room: int
+    ) -> tuple[list[tuple[int, list[int]]], list[tuple[int, int, str]]]:
+        """The prompts that can run, as (index, ids), and those that cannot, as (index, their token count, why)."""
+        fitting, refused = [], []
+        for index, (prompt, ids) in enumerate(zip(prompts, self.ids(prompts), strict=True)):
+            error = self.error(prompt, ids, room)
+            if error is None:
+                fitting.append((index, ids))
+            else:
+                refused.append((index, len(ids), error))
+        return fitting, refused
+
     def error(self, prompt: Prompt, ids: list[int], room: int) -> str | None:
         """Why a prompt cannot run (None when it can); ``room`` = tokens it needs after the prompt."""
         if (isinstance(prompt, str) and not prompt.strip()) or not ids:
