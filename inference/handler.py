@@ -120,7 +120,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, RecordRequest], tuple[Any, Recor
         # a gs:// model is loaded from a cache folder named by a digest: the rows name the source instead
         model_name = model.rstrip("/") if model.startswith("gs://") else None
         kwargs = self._settings.engine_kwargs()
-        adapter = self._load_adapter(path, model_name or path.name) if self._settings.adapter else None
+        adapter = self._load_adapter() if self._settings.adapter else None
         if adapter is not None and adapter.kind == "lora":
             kwargs["adapter"] = adapter.folder
         engine = self._load_engine(path, kwargs)
@@ -136,7 +136,7 @@ class GemmaModelHandler(ModelHandler[tuple[Any, RecordRequest], tuple[Any, Recor
             adapter=adapter.lineage if adapter is not None else None,
         )
 
-    def _load_adapter(self, path: Path, model_name: str) -> LoadedAdapter:
+    def _load_adapter(self) -> LoadedAdapter:
         """The job's adapter folder, read and hashed (a LoRA one is merged by the engine factory)."""
         source = str(self._settings.adapter)
         return LoadedAdapter.read(source, self._adapter_resolver(source))

@@ -15,6 +15,7 @@ adapter sees at inference exactly what it was trained on. Deterministic for a --
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -54,7 +55,7 @@ def classify_tasks(config: TuneConfig) -> TaskSet:
         raise TaskFileError(f"{config.task_file}: holds several tasks; choose one with --task NAME")
     if not chosen:
         raise TaskFileError(f"{config.task_file}: has no task named {config.task!r}")
-    single = type(file)(file.source, file.input_label, (chosen[0],))
+    single = dataclasses.replace(file, tasks=(chosen[0],))
     tasks = build_task_set(single, read_bytes)
     task = tasks.tasks[0]
     if not isinstance(task, ClassifyTask) or task.multi_label:
@@ -80,7 +81,7 @@ class Tuner:
         self.engine = GemmaEngine.from_pretrained(self.checkpoint, device="cpu", dtype=config.dtype)
         self.runner = EngineRunner(self.engine)
         self.base_hash = model_hash(self.checkpoint)
-        self.base_name = config.model.rstrip("/") if config.model != "embedded" else "embedded"
+        self.base_name = config.model.rstrip("/")
 
     # -- prompts
 

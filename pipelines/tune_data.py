@@ -8,6 +8,7 @@ cross-validated instead (k folds, each example predicted once by a model that di
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -110,10 +111,9 @@ def with_examples(tasks: TaskSet, examples: Sequence[Labelled]) -> TaskSet:
 
     (task,) = tasks.tasks
     assert isinstance(task, ClassifyTask)
-    copy = ClassifyTask.__new__(ClassifyTask)
-    copy.__dict__.update(vars(task))
-    copy.examples = tuple(Example(e.text, e.label) for e in examples)
-    return TaskSet((copy,), tasks.input_label, prefixed=tasks.prefixed)
+    shown = copy.copy(task)
+    shown.examples = tuple(Example(e.text, e.label) for e in examples)
+    return TaskSet((shown,), tasks.input_label, prefixed=tasks.prefixed)
 
 
 def prompt_examples(examples: Sequence[Labelled], labels: Sequence[str], per_label: int, seed: int) -> list[Labelled]:

@@ -19,6 +19,7 @@ structs and arrays as lists. An output that still does not parse and validate, s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -85,12 +86,7 @@ class ExtractTask(Task):
         self.instructions = instructions
         self.examples = examples
         params = params or SamplingParams(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
-        self.params = SamplingParams(
-            max_new_tokens=params.max_new_tokens,
-            temperature=params.temperature,
-            seed=params.seed,
-            json_schema=schema_json(self.schema),
-        )
+        self.params = dataclasses.replace(params, json_schema=schema_json(self.schema))
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any], source: str, read: Callable[[str], bytes]) -> ExtractTask:

@@ -72,6 +72,13 @@ COMMON_KEYS = {
         "for generate and extract), a JSONL path (local or gs://), or {path: ..., text_field: ..., label_field: ...}",
     ),
 }
+SAMPLING_KEYS = {  # the generating kinds' (generate, extract)
+    "max_new_tokens": Key(
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number of tokens, at least 1"
+    ),
+    "temperature": Key(lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 is greedy)"),
+    "seed": Key(lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+}
 KEYS: dict[str, dict[str, Key]] = {
     "classify": {
         **COMMON_KEYS,
@@ -102,15 +109,11 @@ KEYS: dict[str, dict[str, Key]] = {
     "generate": {
         **COMMON_KEYS,
         "prompt": Key(_is_text, "the prompt, with {text} and any other input field as {field}", required=True),
-        "max_new_tokens": Key(
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number of tokens, at least 1"
-        ),
+        **SAMPLING_KEYS,
         "stop": Key(
             lambda v: _is_text(v) or (isinstance(v, list) and all(isinstance(s, str) and s for s in v)),
             "a string or a list of non-empty strings",
         ),
-        "temperature": Key(lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 is greedy)"),
-        "seed": Key(lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
         "output": Key(lambda v: isinstance(v, str) and bool(NAME.match(v)), "a column name like summary"),
     },
     "extract": {
@@ -120,11 +123,7 @@ KEYS: dict[str, dict[str, Key]] = {
             "a JSON schema of type object (YAML or JSON), e.g. {type: object, properties: {product: {type: string}}}",
             required=True,
         ),
-        "max_new_tokens": Key(
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number of tokens, at least 1"
-        ),
-        "temperature": Key(lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 is greedy)"),
-        "seed": Key(lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+        **SAMPLING_KEYS,
     },
 }
 FILE_KEYS = {

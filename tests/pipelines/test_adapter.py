@@ -4,6 +4,7 @@ run refused before any record is read (a wrong base, a corrupt file), from a loc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -181,10 +182,4 @@ def test_a_task_files_adapter_key_and_a_gs_adapter(models, tmp_path, gcs, monkey
     assert {row["adapter"] for row in rows} == {f"gs://adapters/tickets/v1@sha256:{sha}"}
     assert len(list((tmp_path / "cache" / "gcs-adapters").iterdir())) == 1  # copied once, to the cache
     with pytest.raises(ValueError, match="differ; give one of them"):
-        with_task_adapter(JobConfig(**{**_fields(config), "adapter": str(models["lora"])}), make_task_set(config))
-
-
-def _fields(config: JobConfig) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        with_task_adapter(dataclasses.replace(config, adapter=str(models["lora"])), make_task_set(config))
