@@ -80,7 +80,7 @@ def sample_batch(
 ) -> list[int]:
     """One token per row of logits [B, V]: greedy rows share one argmax (one device sync for the whole batch);
     sampling rows draw on the host from their own generator, so no batch-mate changes what they draw."""
-    # max().indices: the same first-maximum index as argmax, about 4x faster over a bfloat16 [48, 262144] on CPU
+    # max().indices: the same first-maximum index as argmax, and faster on CPU over bfloat16 rows of 262144
     greedy_ids = logits.max(dim=-1).indices.tolist()
     return [
         greedy_ids[row] if p.greedy else sample_one(logits[row].float().cpu(), p, generator)
