@@ -14,7 +14,7 @@ from common.records import Record
 from inference.requests import Answer, RecordResponse
 from pipelines import bigquery as bq
 from tests.dataflow.conftest import PROJECT
-from tests.dataflow.test_bigquery_emulator import legacy
+from tests.dataflow.test_bigquery_emulator import legacy, query
 from transforms.registry import build_task_set
 from transforms.taskfile import parse_task_file
 
@@ -80,17 +80,16 @@ def test_extract_columns_load_into_bigquery_with_their_types(emulators, undecora
         ("vip", "BOOLEAN", "NULLABLE"),
     ]
 
-    # The analyst's query (README): refunds asked for, by issue, with the amounts at stake.
-    summary = [
-        dict(row)
-        for row in client.query(
-            "SELECT ticket_issue AS issue, COUNT(*) AS tickets, SUM(ticket_amount) AS amount "
-            "FROM extract.tickets WHERE ticket_refund_requested GROUP BY ticket_issue ORDER BY ticket_issue"
-        ).result()
-    ]
+    # The README's analyst query, on this table: refunds asked for, by issue, with the amounts at stake.
+    summary = query(
+        client,
+        "SELECT ticket_issue, COUNT(*) AS tickets, SUM(ticket_amount) AS amount_at_stake, "
+        "COUNTIF(ticket_amount IS NULL) AS amount_unknown FROM extract.tickets WHERE ticket_refund_requested "
+        "GROUP BY ticket_issue ORDER BY amount_at_stake DESC",
+    )
     assert summary == [
-        {"issue": "billing", "tickets": 1, "amount": 59.0},
-        {"issue": "defect", "tickets": 1, "amount": 49.99},
+        {"ticket_issue": "billing", "tickets": 1, "amount_at_stake": 59.0, "amount_unknown": 0},
+        {"ticket_issue": "defect", "tickets": 1, "amount_at_stake": 49.99, "amount_unknown": 0},
     ]
     tags = client.query("SELECT t FROM extract.tickets, UNNEST(ticket_tags) AS t WHERE id = 't2' ORDER BY t").result()
     assert [row["t"] for row in tags] == ["late", "parcel"]

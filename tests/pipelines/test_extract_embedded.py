@@ -4,7 +4,6 @@ a parse dead letter carrying its partial JSON, and no row is written."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,14 +14,15 @@ import yaml
 from inference.handler import GemmaModelHandler
 from inference.settings import ModelSettings
 from pipelines.options import JobConfig
-from tests.reliability.jobs import run_job
+from pipelines.progress import RunSummary
+from tests.reliability.jobs import error_rows, result_rows, run_job
 from transforms.json_schema import check_value, normalize
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 pytestmark = pytest.mark.embedded
 
 
-def run(tmp_path: Path, max_new_tokens: int, records: int = 4) -> Path:
+def run(tmp_path: Path, max_new_tokens: int, records: int = 4) -> RunSummary:
     spec = yaml.safe_load((EXAMPLES / "ticket_extract.yaml").read_text())
     spec["tasks"][0]["max_new_tokens"] = max_new_tokens
     task_file = tmp_path / "extract.yaml"
@@ -40,18 +40,13 @@ def run(tmp_path: Path, max_new_tokens: int, records: int = 4) -> Path:
         model_copies=0,
         max_error_rate=1.0,
     )
-    run_job(config, GemmaModelHandler(ModelSettings.of(config)))
-    return tmp_path / "out"
-
-
-def errors(out: Path) -> list[dict]:
-    return [json.loads(line) for path in sorted(out.glob("errors-*.jsonl")) for line in path.read_text().splitlines()]
+    return run_job(config, GemmaModelHandler(ModelSettings.of(config)))
 
 
 def test_every_ticket_becomes_a_typed_row_the_schema_accepts(tmp_path):
-    out = run(tmp_path, max_new_tokens=64)
-    table = pq.read_table(str(out / "results-00000-of-00001.parquet"))
-    assert errors(out) == [] and table.num_rows == 4
+    summary = run(tmp_path, max_new_tokens=64)
+    table = pq.read_table(summary.result_files[0])
+    assert error_rows(summary) == [] and table.num_rows == 4 and len(summary.result_files) == 1
     types = {name: table.schema.field(name).type for name in table.schema.names}
     assert types["ticket_product"] == pa.string() and types["ticket_issue"] == pa.string()
     assert types["ticket_refund_requested"] == pa.bool_() and types["ticket_amount"] == pa.float64()
@@ -63,11 +58,9 @@ def test_every_ticket_becomes_a_typed_row_the_schema_accepts(tmp_path):
 
 
 def test_output_cut_by_max_new_tokens_is_a_dead_letter_never_a_row(tmp_path):
-    out = run(tmp_path, max_new_tokens=5, records=2)
-    assert (
-        not list(out.glob("results-*.parquet")) or pq.read_table(str(next(out.glob("results-*.parquet")))).num_rows == 0
-    )
-    letters = errors(out)
+    summary = run(tmp_path, max_new_tokens=5, records=2)
+    assert result_rows(summary) == []
+    letters = error_rows(summary)
     assert sorted(letter["id"] for letter in letters) == ["t01", "t02"]
     for letter in letters:
         assert letter["stage"] == "parse"
