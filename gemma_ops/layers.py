@@ -17,6 +17,7 @@ from gemma_ops.attention import PackedPlan
 from gemma_ops.config import FULL, SLIDING, GemmaConfig
 from gemma_ops.fused import Kernels
 from gemma_ops.kv_cache import KVCache
+from gemma_ops.native_attention import DecodeAttention
 
 
 class RMSNorm(nn.Module):
@@ -82,6 +83,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps) if config.qk_norm else None
         self.kernels = Kernels.eager()  # GemmaModel.use_kernels sets the model's
+        self.decode_attention: DecodeAttention | None = None  # GemmaModel.speed_up sets the native kernel
 
     def _project(self, x: torch.Tensor, rope: RopeAt) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, D] -> q [N, H, Dh], k [N, KVH, Dh], v [N, KVH, Dh] with QK-norm and RoPE applied."""
@@ -174,6 +176,9 @@ class Attention(nn.Module):
         q, k, v = self._project(x, rope)
         cache.write_step(self.layer, k, v, positions)
         keys, values = cache.view(self.layer, batch, valid.shape[-1])  # [B, KVH, L, Dh]
+        if self.decode_attention is not None and DecodeAttention.supports(q, keys):  # keys 0..positions[b]
+            attended = self.decode_attention.attend(q, keys, values, positions, self.scaling, self.softcap)
+            return self.o_proj(attended.reshape(batch, -1))  # [B, H, Dh] -> [B, D]
         groups = self.heads // self.kv_heads
         q = q.reshape(batch, self.kv_heads, groups, self.head_dim)  # head h uses kv head h // groups
         attended = self._attend(q, keys, values, valid[..., : keys.shape[2]], causal=False)  # [B, KVH, G, Dh]

@@ -15,6 +15,8 @@ compiled elementwise kernels (``use_kernels``, gemma_ops.fused); both leave the 
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,7 @@ from gemma_ops.config import GemmaConfig
 from gemma_ops.fused import Kernels, WarmUpShapes
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.layers import DecoderLayer, RMSNorm, Rope
+from gemma_ops.native_attention import DecodeAttention, load_decode_attention
 from gemma_ops.prepack import can_prepack, pack_weight, packed_linear, prepack_linears
 
 __all__ = ["GemmaModel", "PrefixKV", "Segment"]
@@ -53,12 +56,23 @@ class GemmaModel(nn.Module):
         self._embed_scale = torch.tensor(self.config.hidden_size**0.5, dtype=weight.dtype, device=weight.device)
 
     def speed_up(self, prepack: bool | None, compile_kernels: bool | None, rows_hint: int) -> float:
-        """Prepack the weights and compile the elementwise kernels as asked (None: where oneDNN runs bfloat16
+        """Prepack the weights and compile the kernels (the elementwise work by torch.compile, the decode
+        attention of a bfloat16 model on the CPU by the C compiler) as asked (None: where oneDNN runs bfloat16
         natively and the model is bfloat16 on the CPU); returns the seconds spent compiling."""
-        fast_cpu = can_prepack(self.embed.weight.device, self.embed.weight.dtype)
+        weight = self.embed.weight
+        fast_cpu = can_prepack(weight.device, weight.dtype)
         if prepack if prepack is not None else fast_cpu:
             self.prepack(rows_hint)
-        return self.use_kernels(Kernels(compile_kernels if compile_kernels is not None else fast_cpu))
+        compile_kernels = compile_kernels if compile_kernels is not None else fast_cpu
+        start = time.perf_counter()
+        if compile_kernels and weight.device.type == "cpu" and weight.dtype == torch.bfloat16:
+            self.use_decode_attention(load_decode_attention())
+        return time.perf_counter() - start + self.use_kernels(Kernels(compile_kernels))
+
+    def use_decode_attention(self, kernel: DecodeAttention | None) -> None:
+        """Run the decode step's attention through ``kernel`` (gemma_ops.native_attention); None: PyTorch's."""
+        for layer in self.layers:
+            layer.attn.decode_attention = kernel
 
     def use_kernels(self, kernels: Kernels) -> float:
         """Run the layers' elementwise work through ``kernels``; returns the seconds spent compiling them."""
