@@ -29,6 +29,7 @@ import torch
 from torch.autograd.profiler import record_function
 
 OPS = ("aten::", "mkldnn::", "Torch-Compiled Region")  # what counts as an op: ATen, oneDNN, fused kernels
+NATIVE = "attention core (native)"  # a ctypes call the profiler sees only as its labelled range: an op too
 PHASES = {"engine.prefill": "prefill", "engine.decode": "decode", "engine.score": "score", "engine.branch": "branch"}
 # (module, attribute path, label): wrapped in a record_function range while profiling. Missing ones are skipped,
 # so the list can name pieces that exist in one version of the engine and not another.
@@ -51,6 +52,7 @@ PIECES = [
     ("gemma_ops.layers", "Attention.forward_step", "attention glue (decode)"),
     ("gemma_ops.layers", "Attention._project", "qkv split + qk-norm"),
     ("gemma_ops.layers", "Attention._attend", "attention core"),
+    ("gemma_ops.native_attention", "DecodeAttention.attend", NATIVE),
     ("gemma_ops.layers", "Rope.at", "rope"),
     ("gemma_ops.attention", "PackedPlan.build", "attention masks"),
     ("gemma_ops.attention", "PackedPlan.key_source", "attention glue (packed)"),
@@ -109,12 +111,13 @@ def charge(events: list[Any]) -> tuple[dict[str, dict[str, float]], dict[str, fl
     for event in events:
         if event.name in PHASES and _outermost_phase(event) is event:
             phase_wall[PHASES[event.name]] += event.cpu_time_total
-        if event.name in labels or not event.name.startswith(OPS):
+        is_op = event.name == NATIVE or (event.name not in labels and event.name.startswith(OPS))
+        if not is_op:
             continue
         chain = _ancestors(event)
-        if any(a.name.startswith(OPS) for a in chain):
+        if any(a.name.startswith(OPS) or a.name == NATIVE for a in chain):
             continue  # nested inside another op: counted with it
-        label = next((a.name for a in chain if a.name in labels), "other")
+        label = NATIVE if event.name == NATIVE else next((a.name for a in chain if a.name in labels), "other")
         phase = next((PHASES[a.name] for a in reversed(chain) if a.name in PHASES), None)
         if phase is not None:
             by_phase[phase][label] += event.cpu_time_total

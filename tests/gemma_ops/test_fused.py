@@ -107,3 +107,15 @@ def test_grouped_prefill_attention_equals_sdpa(tiny_checkpoints):
     mask[..., 0] = True
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling, enable_gqa=gqa)
     torch.testing.assert_close(attn._attend(q, k, v, mask, causal=True), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocked_causal_prefill_attention_equals_the_whole_square(tiny_checkpoints, dtype):
+    """Plain causal attention in query blocks (each against its own keys only) against one masked square."""
+    model = load_model(tiny_checkpoints["gemma3"], "cpu", dtype)
+    attn = model.layers[0].attn
+    length = 150  # 4 blocks of 37-38 queries
+    q = _random(2, attn.heads, length, attn.head_dim, seed=1, dtype=dtype)
+    k, v = (_random(2, attn.kv_heads, length, attn.head_dim, seed=s, dtype=dtype) for s in (2, 3))
+    square = torch.ones(length, length, dtype=torch.bool).tril()
+    assert torch.equal(attn._attend(q, k, v, None, causal=True), attn._grouped_matmuls(q, k, v, square))
