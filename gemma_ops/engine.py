@@ -222,7 +222,8 @@ class GemmaEngine:
         """logits [B, V] -> one new token per request (within its grammar, if it has one), then its finish
         check: a grammar that is complete ends the request like a stop token."""
         self._constraints.mask(logits, [r.grammar for r in requests])
-        tokens = sample_batch(logits, [r.params for r in requests], [r.generator for r in requests])
+        params, generators = [r.params for r in requests], [r.generator for r in requests]
+        tokens = sample_batch(logits, params, generators, self.model.kernels.greedy)
         for request, token in zip(requests, tokens, strict=True):
             request.append(token)
             verdict = self._finish.check(request.params, request.output, request.context_length, request.stops)

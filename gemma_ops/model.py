@@ -81,7 +81,7 @@ class GemmaModel(nn.Module):
             layer.use_kernels(kernels)
         c = self.config
         shapes = WarmUpShapes(c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim,
-                              c.rms_norm_eps, c.qk_norm, c.sandwich_norms)  # fmt: skip
+                              c.rms_norm_eps, c.qk_norm, c.sandwich_norms, c.vocab_size)  # fmt: skip
         return kernels.warm_up(shapes, self.embed.weight.device, self.embed.weight.dtype)
 
     def prepack(self, rows_hint: int) -> None:

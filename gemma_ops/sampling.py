@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import zlib
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from gemma_ops.fused import first_max
 
 
 @dataclass(frozen=True)
@@ -76,12 +78,15 @@ def sample_one(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
 
 
 def sample_batch(
-    logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None]
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+    greedy: Callable[[torch.Tensor], torch.Tensor] = first_max,
 ) -> list[int]:
-    """One token per row of logits [B, V]: greedy rows share one argmax (one device sync for the whole batch);
-    sampling rows draw on the host from their own generator, so no batch-mate changes what they draw."""
-    # max().indices: the same first-maximum index as argmax, and faster on CPU over bfloat16 rows of 262144
-    greedy_ids = logits.max(dim=-1).indices.tolist()
+    """One token per row of logits [B, V]: greedy rows share one ``greedy`` call (each row's first maximum; one
+    device sync for the whole batch); sampling rows draw on the host from their own generator, so no batch-mate
+    changes what they draw."""
+    greedy_ids = greedy(logits).tolist()
     return [
         greedy_ids[row] if p.greedy else sample_one(logits[row].float().cpu(), p, generator)
         for row, (p, generator) in enumerate(zip(params, generators, strict=True))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gemma_ops.attention import Segment
-from gemma_ops.fused import Kernels, add_norm, gelu_mul, qk_norm_rope, rms_norm
+from gemma_ops.fused import Kernels, add_norm, first_max, gelu_mul, gelu_mul_by_sigmoid, qk_norm_rope, rms_norm
 from gemma_ops.prepack import PackedLinear, can_prepack
 from gemma_ops.weights import load_model
 
@@ -43,6 +43,17 @@ def test_eager_kernels_compute_gemma_norms_gating_and_rope():
     torch.testing.assert_close(q, torch.cat((-raw[..., 2:], raw[..., :2]), -1))
 
 
+def test_gelu_by_sigmoid_is_gelu_tanh():
+    """The compiled gating's form: gelu_tanh in float32 up to rounding; in bfloat16 at most one rounding step from
+    eager's, on few outputs, or a tiny value where eager's 1 + tanh(u) cancels to 0 (gate below about -5)."""
+    x32 = torch.randn(4, 50_000, generator=torch.Generator().manual_seed(0)) * 3
+    torch.testing.assert_close(gelu_mul_by_sigmoid(x32), gelu_mul(x32))
+    x16 = x32.to(torch.bfloat16)
+    got, want = gelu_mul_by_sigmoid(x16).float(), gelu_mul(x16).float()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=2**-7)
+    assert ((got - want).abs() > 1e-5).float().mean() < 1e-3
+
+
 def test_a_failing_compiled_kernel_falls_back_to_eager_with_one_warning():
     kernels = Kernels(compiled=True)
 
@@ -64,7 +75,7 @@ def test_compiled_kernels_round_like_eager():
     gate_up, qkv = _random(7, 32, seed=1), _random(7, 6 * 8, seed=2)  # 4 heads, 1 kv head, head_dim 8
     cos, sin = _random(7, 1, 8, seed=3), _random(7, 1, 8, seed=4)
     qw, kw = _random(8, seed=5), _random(8, seed=6)
-    assert torch.equal(kernels.gelu_mul(gate_up), gelu_mul(gate_up))
+    torch.testing.assert_close(kernels.gelu_mul(gate_up), gelu_mul(gate_up), atol=1e-5, rtol=2**-7)
     fused, eager = (f(qkv, qw, kw, cos, sin, 4, 1, 1e-6) for f in (kernels.qk_norm_rope, qk_norm_rope))
     for got, want in zip(fused, eager, strict=True):
         torch.testing.assert_close(got, want, atol=0, rtol=2**-7)  # at most one bfloat16 rounding step apart
@@ -119,3 +130,16 @@ def test_blocked_causal_prefill_attention_equals_the_whole_square(tiny_checkpoin
     k, v = (_random(2, attn.kv_heads, length, attn.head_dim, seed=s, dtype=dtype) for s in (2, 3))
     square = torch.ones(length, length, dtype=torch.bool).tril()
     assert torch.equal(attn._attend(q, k, v, None, causal=True), attn._grouped_matmuls(q, k, v, square))
+
+
+def test_compiled_greedy_takes_each_rows_first_maximum():
+    kernels = Kernels(compiled=True)
+    logits = _random(5, 3000, seed=1)
+    logits[1, 7] = logits[1, 2000] = 50.0  # a tie: the first index wins
+    logits[2] = float("-inf")
+    logits[2, 2999] = 0.0  # a row masked down to its last token (a grammar's choice)
+    for rows in (logits, logits[3:4]):  # several rows, and one (compiled apart)
+        assert torch.equal(kernels.greedy(rows), torch.argmax(rows, dim=-1))
+        assert torch.equal(kernels.greedy(rows), first_max(rows))
+    assert kernels.greedy(logits)[1:3].tolist() == [7, 2999]
+    assert kernels.compiled, kernels.failure
