@@ -1,4 +1,5 @@
-"""What compiling the fused kernels (gemma_ops.fused) adds to the engine's start-up, cold and warm (not a test).
+"""What compiling the fused kernels (gemma_ops.fused) adds to the engine's start-up, cold and warm (not a test),
+and what building the native decode attention (gemma_ops.native_attention) costs on a machine's first start.
 
 Each figure comes from a fresh subprocess loading the embedded Gemma 3 270M (bfloat16, CPU, 2 threads):
 ``eager`` with compile_kernels=False; ``cold`` compiling into an empty Inductor cache (a temporary
@@ -13,8 +14,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 from benchmarks.child import report, run_child
+from gemma_ops.native_attention import load_decode_attention
 
 
 def child(compile_kernels: bool, threads: int) -> dict[str, float]:
@@ -52,6 +55,10 @@ def main() -> None:
             r = _spawn(compile_kernels, args.threads, cache_dir)
             note = "  (compilation failed: eager fallback)" if r["fell_back"] else ""
             print(f"  {name:<6} load {r['load_s']:6.1f} s, of which compiling {r['compile_s']:5.1f} s{note}")
+    with tempfile.TemporaryDirectory() as native_cache:  # the kernels' own cache, empty: a first build
+        start = time.perf_counter()
+        built = load_decode_attention(Path(native_cache)) is not None
+        print(f"  native decode attention: {'built' if built else 'NOT built'} in {time.perf_counter() - start:.2f} s")
 
 
 if __name__ == "__main__":

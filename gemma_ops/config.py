@@ -184,7 +184,7 @@ class EngineConfig:
     max_cached_prefixes: int = 4  # score(shared_prefix=...) keys/values kept between calls
     # CPU speed (None: on where oneDNN runs bfloat16 natively and the model is bfloat16 on the CPU):
     prepack_weights: bool | None = None  # linear weights laid out for oneDNN once (gemma_ops.prepack)
-    compile_kernels: bool | None = None  # elementwise work fused by torch.compile (gemma_ops.fused)
+    compile_kernels: bool | None = None  # torch.compile'd elementwise work (gemma_ops.fused) + C decode attention
     decode_graphs: bool | None = None  # static-shape decode step: None = on CUDA only (as CUDA graphs)
 
     def __post_init__(self) -> None:

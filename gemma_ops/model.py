@@ -9,8 +9,9 @@ Two forward paths share the layers (gemma_ops.layers):
 Both return hidden states before the final norm; ``logits`` turns chosen rows into logits, optionally for
 chosen vocabulary rows only (the output layer is the largest matmul of small Gemmas).
 
-For speed on CPU the engine may ``prepack`` the linear weights for oneDNN (gemma_ops.prepack) and hand the layers
-compiled elementwise kernels (``use_kernels``, gemma_ops.fused); both leave the results as they were.
+For speed on CPU the engine may ``prepack`` the linear weights for oneDNN (gemma_ops.prepack), hand the layers
+compiled elementwise kernels (``use_kernels``, gemma_ops.fused) and run the decode step's attention in a C kernel
+(``use_decode_attention``, gemma_ops.native_attention); the results stay as they were up to bfloat16 rounding.
 """
 
 from __future__ import annotations
