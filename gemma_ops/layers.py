@@ -34,7 +34,7 @@ class RMSNorm(nn.Module):
         return fused.rms_norm(x, self.weight, self.eps)
 
 
-CAUSAL_BLOCK_ROWS = 48  # plain causal prefill attention: query rows per block (gemma_ops.layers.Attention)
+CAUSAL_BLOCK_ROWS = 48  # plain causal prefill attention runs in query blocks of about this many rows
 MAX_CAUSAL_BLOCKS = 8
 
 RopeAt = dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer type -> cos, signed sin [N, 1, Dh] for N positions
