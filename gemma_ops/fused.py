@@ -9,7 +9,7 @@ GeGLU gating compiles from an equivalent form, gelu_mul_by_sigmoid, that is fast
 
 ``Kernels(compiled=True)`` compiles lazily; ``warm_up`` compiles up front, so that no request waits for it, for one
 row and for any row count of 2 or more (only the row count is a variable: head counts and widths are compiled in,
-which makes the QK-norm + RoPE loops about 30% faster than fully dynamic shapes), and reports the seconds.
+which took QK-norm + RoPE from 0.38 to 0.13 s of a prefill in op_profile --llama-shape), and reports the seconds.
 Inductor's FX graph cache (``TORCHINDUCTOR_CACHE_DIR``, by default /tmp/torchinductor_<user>) keeps the kernels
 on disk, so later processes start warm. If compilation fails, the kernels fall back to eager with one warning and
 the engine keeps working.

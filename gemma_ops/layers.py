@@ -200,7 +200,7 @@ class Attention(nn.Module):
         q, k, v = self._project(x, rope)
         cache.write_step(self.layer, k, v, positions)
         keys, values = cache.view(self.layer, batch, valid.shape[-1])  # [B, KVH, L, Dh]
-        if self.decode_attention is not None and DecodeAttention.supports(q, keys):  # keys 0..positions[b]
+        if self.decode_attention is not None and DecodeAttention.supports(q, keys, values):  # keys 0..positions[b]
             attended = self.decode_attention.attend(q, keys, values, positions, self.scaling, self.softcap)
             return self.o_proj(attended.reshape(batch, -1))  # [B, H, Dh] -> [B, D]
         groups = self.heads // self.kv_heads

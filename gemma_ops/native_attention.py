@@ -1,9 +1,9 @@
 """Decode-step attention for bfloat16 on the CPU by a small C kernel (gemma_ops/native/decode_attention.c).
 
 Why: a decode step reads every running sequence's cached keys and values once per layer, and PyTorch's CPU
-attention spends about three times that reading on small matrix products (on the llama.cpp benchmark shape,
-48 sequences of about 200 keys, Gemma 3 270M: 1.0 ms per layer against 0.5 ms for the kernel;
-benchmarks.op_profile shows the step's attention share). The kernel uses AVX-512 BF16 dot products where the
+attention runs that as small matrix products at about half the kernel's speed (48 sequences of 200 keys, Gemma 3
+270M's heads: 1.0 ms per layer against 0.5 ms; on the llama.cpp benchmark shape the decode steps' attention
+went from 0.63 to 0.37 s in benchmarks.op_profile --llama-shape). The kernel uses AVX-512 BF16 dot products where the
 compiler and CPU have them and portable C elsewhere.
 
 It is compiled once per machine with the system C compiler (the one torch.compile's CPU kernels already need)
@@ -51,13 +51,13 @@ class DecodeAttention:
         ]  # fmt: skip
 
     @staticmethod
-    def supports(q: torch.Tensor, keys: torch.Tensor) -> bool:
-        """bfloat16 CPU tensors whose last dimension is contiguous (what the kernel reads)."""
+    def supports(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
+        """What the kernel reads: bfloat16 CPU tensors, each with a contiguous last dimension, and whole groups
+        of query heads per KV head."""
+        tensors = (q, keys, values)
         return (
-            q.device.type == "cpu"
-            and q.dtype == keys.dtype == torch.bfloat16
-            and q.stride(-1) == 1
-            and keys.stride(-1) == 1
+            all(t.device.type == "cpu" and t.dtype == torch.bfloat16 and t.stride(-1) == 1 for t in tensors)
+            and q.shape[1] % keys.shape[1] == 0
         )
 
     def attend(
@@ -73,14 +73,14 @@ class DecodeAttention:
         min(positions[b] + 1, L) keys -> [B, H, Dh]. Head h uses KV head h // (H / KVH)."""
         batch, heads, dim = q.shape
         kv_heads, length = keys.shape[1], keys.shape[2]
+        if positions.shape != (batch,):
+            raise ValueError(f"positions must be [{batch}] (one per sequence), got {tuple(positions.shape)}")
         out = torch.empty(batch, heads, dim, dtype=q.dtype)
         where = positions.to(torch.int64).contiguous()
-        strides = torch.tensor(
-            [*q.stride()[:2], *keys.stride()[:3], *values.stride()[:3], *out.stride()[:2]], dtype=torch.int64
-        )
+        strides = (ctypes.c_int64 * 10)(*q.stride()[:2], *keys.stride()[:3], *values.stride()[:3], *out.stride()[:2])
         status = self._fn(
             q.data_ptr(), keys.data_ptr(), values.data_ptr(), out.data_ptr(), where.data_ptr(),
-            batch, kv_heads, heads // kv_heads, dim, length, strides.data_ptr(),
+            batch, kv_heads, heads // kv_heads, dim, length, strides,
             scale, softcap or 0.0, torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
@@ -117,8 +117,13 @@ def load_decode_attention(
     if compiler is None:
         warnings.warn("no C compiler (cc, gcc or clang) found: decode attention runs on PyTorch's", stacklevel=2)
         return None
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    source, machine = SOURCE.read_bytes(), _machine()
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+        source, machine = SOURCE.read_bytes(), _machine()
+    except (subprocess.SubprocessError, OSError) as error:
+        warnings.warn(f"the native decode attention cannot be built ({error}): decode attention runs on PyTorch's",
+                      stacklevel=2)  # fmt: skip
+        return None
     failures = []
     for flags in flag_sets:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode(), machine]))

@@ -2,8 +2,9 @@
  *
  * Why a kernel of our own: at a decode step each sequence has G query heads per KV head and one row of keys
  * per cached position, so the work is G dot products and G scaled adds per key, and its cost is reading the
- * keys and values once. PyTorch's CPU attention runs this as small matrix products at about a third of that.
- * Built and loaded by gemma_ops.native_attention; its results are checked against float32 attention there.
+ * keys and values once. PyTorch's CPU attention runs this as small matrix products at about half this
+ * kernel's speed. Built and loaded by gemma_ops.native_attention; tests/gemma_ops/test_native_attention.py
+ * checks it against float32 attention.
  *
  * Layout (strides in elements): q [B, KVH * G, D]; keys, values [B, KVH, L, D] (last dim contiguous);
  * out [B, KVH * G, D]. Sequence b attends to its first min(positions[b] + 1, L) keys. Scores and the softmax
@@ -17,6 +18,9 @@
 #endif
 
 #define BLOCK 4 /* query heads handled together: the keys and values are read once per block */
+/* Each block function is compiled once per row count 1..BLOCK (a constant after inlining, see attend_rows), so
+ * its accumulators stay in registers and a group of 2 or 1 query heads does no padded work. */
+#define INLINE static inline __attribute__((always_inline))
 
 typedef struct {
     const uint16_t *q, *k, *v;
@@ -43,33 +47,33 @@ static inline uint16_t float_to_bf16(float f) { /* round to nearest even; NaN st
     return (uint16_t)(c.u >> 16);
 }
 
-/* scores[g][l] = q_g . k_l for the block's query heads q_rows[0..BLOCK) and keys 0..n-1. */
-static void block_scores(const Job *a, const uint16_t *const *q_rows, const uint16_t *keys, int64_t n,
-                         float *scores, float *scratch) {
+/* scores[g][l] = q_g . k_l for the block's query heads q_rows[0..rows) and keys 0..n-1. */
+INLINE void block_scores(const Job *a, const int rows, const uint16_t *const *q_rows, const uint16_t *keys,
+                         int64_t n, float *scores, float *scratch) {
     const int64_t D = a->dim;
 #if defined(__AVX512BF16__)
     if (D % 32 == 0) {
         for (int64_t l = 0; l < n; l++) {
             const uint16_t *row = keys + l * a->k_l;
             __m512 acc[BLOCK];
-            for (int g = 0; g < BLOCK; g++) acc[g] = _mm512_setzero_ps();
+            for (int g = 0; g < rows; g++) acc[g] = _mm512_setzero_ps();
             for (int64_t d = 0; d < D; d += 32) {
                 const __m512bh key = (__m512bh)_mm512_loadu_si512(row + d);
-                for (int g = 0; g < BLOCK; g++)
+                for (int g = 0; g < rows; g++)
                     acc[g] = _mm512_dpbf16_ps(acc[g], (__m512bh)_mm512_loadu_si512(q_rows[g] + d), key);
             }
-            for (int g = 0; g < BLOCK; g++) scores[g * a->keys + l] = _mm512_reduce_add_ps(acc[g]);
+            for (int g = 0; g < rows; g++) scores[g * a->keys + l] = _mm512_reduce_add_ps(acc[g]);
         }
         return;
     }
 #endif
-    float *qf = scratch, *kf = scratch + BLOCK * D; /* [BLOCK, D] and [D] */
-    for (int g = 0; g < BLOCK; g++)
+    float *qf = scratch, *kf = scratch + rows * D; /* [BLOCK, D] and [D] */
+    for (int g = 0; g < rows; g++)
         for (int64_t d = 0; d < D; d++) qf[g * D + d] = bf16_to_float(q_rows[g][d]);
     for (int64_t l = 0; l < n; l++) {
         const uint16_t *row = keys + l * a->k_l;
         for (int64_t d = 0; d < D; d++) kf[d] = bf16_to_float(row[d]);
-        for (int g = 0; g < BLOCK; g++) {
+        for (int g = 0; g < rows; g++) {
             float part[16] = {0}, s = 0;
             int64_t d = 0;
             for (; d + 16 <= D; d += 16)
@@ -81,15 +85,15 @@ static void block_scores(const Job *a, const uint16_t *const *q_rows, const uint
     }
 }
 
-/* acc[g][:] = sum over l of probs[g][l] * v_l for the block (acc [BLOCK, D] float32). */
-static void block_values(const Job *a, const uint16_t *values, int64_t n, const float *probs, float *acc,
-                         float *scratch) {
+/* acc[g][:] = sum over l of probs[g][l] * v_l for the block's rows (acc [rows, D] float32). */
+INLINE void block_values(const Job *a, const int rows, const uint16_t *values, int64_t n, const float *probs,
+                         float *acc, float *scratch) {
     const int64_t D = a->dim;
 #if defined(__AVX512BF16__)
     if (D % 64 == 0) {
         for (int64_t d = 0; d < D; d += 64) { /* 4 x 16 output columns of every head of the block in registers */
             __m512 o[BLOCK][4];
-            for (int g = 0; g < BLOCK; g++)
+            for (int g = 0; g < rows; g++)
                 for (int c = 0; c < 4; c++) o[g][c] = _mm512_setzero_ps();
             for (int64_t l = 0; l < n; l++) {
                 const uint16_t *row = values + l * a->v_l + d;
@@ -98,27 +102,56 @@ static void block_values(const Job *a, const uint16_t *values, int64_t n, const 
                     const __m256i half = _mm256_loadu_si256((const __m256i *)(row + 16 * c));
                     x[c] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
                 }
-                for (int g = 0; g < BLOCK; g++) {
+                for (int g = 0; g < rows; g++) {
                     const __m512 p = _mm512_set1_ps(probs[g * a->keys + l]);
                     for (int c = 0; c < 4; c++) o[g][c] = _mm512_fmadd_ps(p, x[c], o[g][c]);
                 }
             }
-            for (int g = 0; g < BLOCK; g++)
+            for (int g = 0; g < rows; g++)
                 for (int c = 0; c < 4; c++) _mm512_storeu_ps(acc + g * D + d + 16 * c, o[g][c]);
         }
         return;
     }
 #endif
     float *vf = scratch;
-    for (int64_t i = 0; i < BLOCK * D; i++) acc[i] = 0;
+    for (int64_t i = 0; i < rows * D; i++) acc[i] = 0;
     for (int64_t l = 0; l < n; l++) {
         const uint16_t *row = values + l * a->v_l;
         for (int64_t d = 0; d < D; d++) vf[d] = bf16_to_float(row[d]);
-        for (int g = 0; g < BLOCK; g++) {
+        for (int g = 0; g < rows; g++) {
             const float p = probs[g * a->keys + l];
             float *o = acc + g * D;
             for (int64_t d = 0; d < D; d++) o[d] += p * vf[d];
         }
+    }
+}
+
+/* Query heads head0 .. head0 + rows - 1 of sequence b against its first n keys and values -> out. */
+INLINE void attend_rows(const Job *a, const int rows, int64_t b, int64_t head0, const uint16_t *keys,
+                        const uint16_t *values, int64_t n, float *scores, float *acc, float *scratch) {
+    const int64_t D = a->dim;
+    const uint16_t *q_rows[BLOCK];
+    for (int g = 0; g < rows; g++) q_rows[g] = a->q + b * a->q_b + (head0 + g) * a->q_h;
+    block_scores(a, rows, q_rows, keys, n, scores, scratch);
+    float inv[BLOCK];
+    for (int g = 0; g < rows; g++) {
+        float *s = scores + g * a->keys, top = -INFINITY, sum = 0;
+        for (int64_t l = 0; l < n; l++) {
+            float x = s[l] * a->scale;
+            if (a->softcap > 0) x = tanhf(x / a->softcap) * a->softcap;
+            s[l] = x;
+            top = x > top ? x : top;
+        }
+        for (int64_t l = 0; l < n; l++) {
+            s[l] = expf(s[l] - top);
+            sum += s[l];
+        }
+        inv[g] = 1.0f / sum;
+    }
+    block_values(a, rows, values, n, scores, acc, scratch);
+    for (int g = 0; g < rows; g++) {
+        uint16_t *dst = a->out + b * a->o_b + (head0 + g) * a->o_h;
+        for (int64_t d = 0; d < D; d++) dst[d] = float_to_bf16(acc[g * D + d] * inv[g]);
     }
 }
 
@@ -137,31 +170,12 @@ static void run_job(Job *a) {
         for (int64_t h = 0; h < a->kv_heads; h++) {
             const uint16_t *keys = a->k + b * a->k_b + h * a->k_h, *values = a->v + b * a->v_b + h * a->v_h;
             for (int64_t g0 = 0; g0 < G; g0 += BLOCK) {
-                const uint16_t *q_rows[BLOCK]; /* past the last head: repeat it (computed, not stored) */
-                for (int g = 0; g < BLOCK; g++) {
-                    const int64_t head = h * G + (g0 + g < G ? g0 + g : G - 1);
-                    q_rows[g] = a->q + b * a->q_b + head * a->q_h;
-                }
-                block_scores(a, q_rows, keys, n, scores, scratch);
-                float inv[BLOCK];
-                for (int g = 0; g < BLOCK; g++) {
-                    float *s = scores + g * a->keys, top = -INFINITY, sum = 0;
-                    for (int64_t l = 0; l < n; l++) {
-                        float x = s[l] * a->scale;
-                        if (a->softcap > 0) x = tanhf(x / a->softcap) * a->softcap;
-                        s[l] = x;
-                        top = x > top ? x : top;
-                    }
-                    for (int64_t l = 0; l < n; l++) {
-                        s[l] = expf(s[l] - top);
-                        sum += s[l];
-                    }
-                    inv[g] = 1.0f / sum;
-                }
-                block_values(a, values, n, scores, acc, scratch);
-                for (int g = 0; g < BLOCK && g0 + g < G; g++) {
-                    uint16_t *dst = a->out + b * a->o_b + (h * G + g0 + g) * a->o_h;
-                    for (int64_t d = 0; d < D; d++) dst[d] = float_to_bf16(acc[g * D + d] * inv[g]);
+                const int64_t head0 = h * G + g0;
+                switch (G - g0 < BLOCK ? (int)(G - g0) : BLOCK) { /* a literal row count for each copy */
+                case 4: attend_rows(a, 4, b, head0, keys, values, n, scores, acc, scratch); break;
+                case 3: attend_rows(a, 3, b, head0, keys, values, n, scores, acc, scratch); break;
+                case 2: attend_rows(a, 2, b, head0, keys, values, n, scores, acc, scratch); break;
+                default: attend_rows(a, 1, b, head0, keys, values, n, scores, acc, scratch); break;
                 }
             }
         }

@@ -73,9 +73,14 @@ def test_kernel_matches_float32_attention(kernel, batch, kv_heads, groups, dim, 
 
 
 @needs_compiler
-def test_model_decode_step_with_the_kernel_is_as_close_to_float32_as_pytorch_attention(tiny_checkpoints, kernel):
+def test_model_decode_step_with_the_kernel_is_as_close_to_float32_as_pytorch_attention(
+    tiny_checkpoints, kernel, monkeypatch
+):
     """Gemma 2 (soft-capped) and Gemma 3: a bfloat16 decode step with and without the kernel, both against the
     same step in float32 (the two bfloat16 paths round differently, so neither equals the other)."""
+    calls = []
+    attend = DecodeAttention.attend
+    monkeypatch.setattr(DecodeAttention, "attend", lambda self, *args: calls.append(1) or attend(self, *args))
     tokens, positions = torch.tensor([5, 17, 300]), torch.tensor([9, 30, 2])
     for family in ("gemma2", "gemma3"):
         errors = []
@@ -88,10 +93,23 @@ def test_model_decode_step_with_the_kernel_is_as_close_to_float32_as_pytorch_att
             for layer in range(len(cache.keys)):  # the same earlier context in every slot
                 cache.keys[layer].copy_(_random(*cache.keys[layer].shape, seed=layer))
                 cache.values[layer].copy_(_random(*cache.values[layer].shape, seed=100 + layer))
+            calls.clear()
             errors.append(model.forward_step(tokens, positions, cache, length=31).float())
+            assert len(calls) == (model.config.num_layers if decode_attention is kernel else 0)
         pytorch_error, kernel_error = ((e - errors[2]).abs().mean().item() for e in errors[:2])
         # measured 1.2x; a kernel reading the wrong keys or heads is off by tens of times
         assert kernel_error <= 1.5 * pytorch_error, (family, kernel_error, pytorch_error)
+
+
+@needs_compiler
+def test_speed_up_installs_the_kernel_for_bfloat16_on_the_cpu_only(tiny_checkpoints, monkeypatch, tmp_path):
+    monkeypatch.setenv("GEMMA_BEAM_CACHE", str(tmp_path))
+    for dtype, compile_kernels, installed in ((torch.bfloat16, True, True), (torch.bfloat16, False, False),
+                                              (torch.float32, True, False)):  # fmt: skip
+        model = load_model(tiny_checkpoints["gemma3"], "cpu", dtype)
+        model.speed_up(prepack=False, compile_kernels=compile_kernels, rows_hint=4)
+        kernels = {type(layer.attn.decode_attention) for layer in model.layers}
+        assert kernels == ({DecodeAttention} if installed else {type(None)}), (dtype, compile_kernels)
 
 
 def test_no_compiler_leaves_pytorch_attention_with_a_warning(monkeypatch, tmp_path):

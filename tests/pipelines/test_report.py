@@ -173,7 +173,7 @@ def test_the_cli_prints_where_the_report_is_and_the_quality(published, capsys):
     printed = capsys.readouterr().out
     assert f"report:        {out}/report.html" in printed
     quality = read_figures(str(out))["tasks"]["sentiment"]["quality"]
-    assert quality["labelled"] == 5 and round(quality["accuracy"] * 5, 6).is_integer()
+    assert quality["labelled"] == 5
     line = (f"quality:       sentiment vs label (n=5): accuracy {quality['accuracy']:.3f}, "
             f"macro-F1 {quality['macro_f1']:.3f}, ECE {quality['ece']:.3f}")  # fmt: skip
     assert line in printed
