@@ -1,10 +1,9 @@
 """Decode-step attention for bfloat16 on the CPU by a small C kernel (gemma_ops/native/decode_attention.c).
 
 Why: a decode step reads every running sequence's cached keys and values once per layer, and PyTorch's CPU
-attention runs that as small matrix products at about half the kernel's speed (48 sequences of 200 keys, Gemma 3
-270M's heads: 1.0 ms per layer against 0.5 ms; on the llama.cpp benchmark shape the decode steps' attention
-went from 0.63 to 0.37 s in benchmarks.op_profile --llama-shape). The kernel uses AVX-512 BF16 dot products where the
-compiler and CPU have them and portable C elsewhere.
+attention runs that as small matrix products, 1.7 times as long (on the llama.cpp benchmark shape the decode
+steps' attention took 0.63 s with it and 0.37 s with the kernel: benchmarks.op_profile --llama-shape). The kernel
+uses AVX-512 BF16 dot products where the compiler and CPU have them and portable C elsewhere.
 
 It is compiled once per machine with the system C compiler (the one torch.compile's CPU kernels already need)
 into $GEMMA_BEAM_CACHE/native (by default ~/.cache/gemma-beam/native), keyed by the source, the flags and the

@@ -52,6 +52,7 @@ def _random(*shape: int, seed: int) -> torch.Tensor:
         (3, 2, 2, 128, 50.0),  # Gemma 2 style: grouped, soft-capped
         (2, 1, 3, 64, None),  # a head count that is not a multiple of the kernel's block of 4
         (1, 2, 1, 48, None),  # one sequence; a head size the AVX-512 paths do not take (portable loops)
+        (2, 4, 1, 256, None),  # one query head per KV head (Gemma 7B): the AVX-512 paths with a single row
     ],
 )
 def test_kernel_matches_float32_attention(kernel, batch, kv_heads, groups, dim, softcap):
