@@ -16,17 +16,16 @@ from contextlib import contextmanager
 from typing import Any
 
 PIECES = {"forward_packed": "prefill", "forward_step": "decode", "logits": "output layer"}
+DECODER_PIECES = {"forward_packed": "prefill", "step": "decode", "logits": "output layer"}  # decode at the decoder
 
 
 @contextmanager
 def cost_split(model: Any, sync: Callable[[], None] = lambda: None, decoder: Any = None) -> Iterator[dict[str, float]]:
     """Seconds per piece, filled in while the block runs; ``other`` is added when it ends."""
-    seconds = {label: 0.0 for label in PIECES.values()}
+    pieces = PIECES if decoder is None else DECODER_PIECES
+    seconds = {label: 0.0 for label in pieces.values()}
     start = time.perf_counter()
-    targets = {name: model for name in PIECES}
-    if decoder is not None:
-        del targets["forward_step"]
-        targets["step"] = decoder
+    targets = {name: decoder if name == "step" else model for name in pieces}
 
     def timed(name: str) -> Callable[..., Any]:
         original = getattr(targets[name], name)
@@ -38,7 +37,7 @@ def cost_split(model: Any, sync: Callable[[], None] = lambda: None, decoder: Any
                 return original(*args, **kwargs)
             finally:
                 sync()
-                seconds[PIECES.get(name, "decode")] += time.perf_counter() - begin
+                seconds[pieces[name]] += time.perf_counter() - begin
 
         return run
 

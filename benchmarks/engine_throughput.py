@@ -82,7 +82,7 @@ def run_engine(args, decode_graphs: str | None = None) -> dict:
     stats = engine.decoder.stats
     return {
         "decode": f"{stats.mode}, {stats.graphs_captured} graphs captured ({stats.graphs_held} held), "
-        f"{stats.steps} steps (warm-up included)",
+        f"{stats.steps} steps (warm-up included), {stats.padded_rows} padded rows",
         "output_tokens": sum(len(o.token_ids) for o in outs),
         "prompt_tokens": sum(o.prompt_tokens for o in outs),
         "wall_s": wall,

@@ -87,6 +87,7 @@ class DecodeStats:
     steps: int
     graphs_captured: int  # captures so far, counting recaptures after a cache reallocation
     graphs_held: int  # graphs alive now (those of the current cache)
+    padded_rows: int  # rows computed and dropped to fill batch buckets (the static modes' extra work)
 
 
 class DecodeStep:
@@ -104,6 +105,7 @@ class DecodeStep:
         self.key_block = key_block
         self.steps = 0
         self.graphs_captured = 0
+        self.padded_rows = 0
         self._cache: weakref.ref[KVCache] | None = None  # the cache the buffers and graphs below belong to
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (batch, keys) -> graph
         self._pool: tuple[int, int] | None = None
@@ -112,7 +114,7 @@ class DecodeStep:
 
     @property
     def stats(self) -> DecodeStats:
-        return DecodeStats(self.mode, self.steps, self.graphs_captured, len(self._graphs))
+        return DecodeStats(self.mode, self.steps, self.graphs_captured, len(self._graphs), self.padded_rows)
 
     def step(self, tokens: list[int], positions: list[int], cache: KVCache) -> torch.Tensor:
         """tokens, positions of slots 0..n-1 -> hidden [n, D]. In the static modes the result is a view of a
@@ -128,6 +130,7 @@ class DecodeStep:
         batch = batch_bucket(n, cache.max_slots)
         keys = key_bucket(max(positions) + 1, self.key_block, cache.max_context)
         padding = [0] * (batch - n)
+        self.padded_rows += batch - n
         self._inputs[:, :batch].copy_(torch.tensor([tokens + padding, positions + padding]))
         if self.mode == STATIC:
             self._run(batch, keys, cache)
