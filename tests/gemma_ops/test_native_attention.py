@@ -13,6 +13,7 @@ from gemma_ops import native_attention
 from gemma_ops.kv_cache import KVCache
 from gemma_ops.native_attention import FLAG_SETS, DecodeAttention, load_decode_attention
 from gemma_ops.weights import load_model
+from tests.gemma_ops.test_fused import _random
 
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                     reason="no C compiler")  # fmt: skip
@@ -38,10 +39,6 @@ def _reference(q, keys, values, positions, scale: float, softcap: float | None) 
     allowed = torch.arange(keys.shape[2])[None, :] <= positions[:, None]  # [B, L]
     probs = scores.masked_fill(~allowed[:, None, :], float("-inf")).softmax(-1)
     return torch.einsum("bhl,bhld->bhd", probs, v)
-
-
-def _random(*shape: int, seed: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
 
 
 @needs_compiler
